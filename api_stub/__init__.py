@@ -1,0 +1,1 @@
+"""The thin HTTP intake: authenticates, validates, records in PostgreSQL, enqueues after commit."""

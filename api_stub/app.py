@@ -1,0 +1,114 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api_stub import errors
+from api_stub.errors import error_response
+from api_stub.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from api_stub.routes import admin, auth, customers, events, health
+from worker.db import get_sessionmaker
+from worker.settings import Settings, get_settings
+
+STOREFRONT = "/api/storefront/v1"
+ADMIN = "/api/admin/v1"
+
+
+class BodyLimit:
+    """413 for a body over the limit, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        too_big = error_response(413, "payload_too_large",
+                                 f"request body is larger than {self.max_bytes} bytes")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await too_big(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooBig
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooBig:
+            await too_big(scope, receive, send)
+
+
+class _TooBig(Exception):
+    pass
+
+
+class Metrics:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(scope["method"], path, str(status[0])).inc()
+            HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
+
+
+def create_app(
+    settings: Settings | None = None, session_factory: Callable[[], Session] | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Loyalty event reversals",
+        version="0.1.0",
+        description="Reverses loyalty-program events; see SPEC §4.",
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory or get_sessionmaker()
+    errors.install(app)
+    app.include_router(auth.router, prefix=STOREFRONT, tags=["auth"])
+    app.include_router(events.router, prefix=STOREFRONT, tags=["events"])
+    app.include_router(customers.router, prefix=STOREFRONT, tags=["customers"])
+    app.include_router(admin.router, prefix=ADMIN, tags=["admin"])
+    app.include_router(health.router, tags=["health"])
+    app.include_router(health.router, prefix=STOREFRONT, tags=["health"], include_in_schema=False)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Metrics)
+    return app
+
+
+def app_factory() -> Any:
+    """uvicorn --factory entry point."""
+    from worker.logs import configure
+
+    settings = get_settings()
+    configure(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,108 @@
+"""Behavior events: record, read, reverse (single and bulk)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic_core import to_jsonable_python
+from sqlalchemy.orm import Session
+
+from api_stub.deps import CurrentBrand, transaction
+from api_stub.errors import ApiError
+from api_stub.metrics import REVERSALS_ACCEPTED
+from api_stub.schemas import BulkReverseIn, EventIn, ReverseIn
+from worker.intake import IntakeError, create_event, get_event, request_reversal
+from worker.ledger.views import event_view
+from worker.models import IdempotencyKey
+
+router = APIRouter(prefix="/behavior/events")
+
+
+def _json(status: int, data: Any) -> JSONResponse:
+    return JSONResponse({"data": data}, status_code=status)
+
+
+@router.post("", status_code=202)
+def record(body: EventIn, request: Request, who: CurrentBrand) -> JSONResponse:
+    payload = to_jsonable_python(body.model_dump())
+    payload.update(id=body.id, customer_id=body.customer_id, issued_at=body.issued_at,
+                   channel_id=body.channel_id, store_id=body.store_id)
+    with transaction(request) as session:
+        event, created = create_event(session, who.brand_id, payload)
+        view = event_view(session, event)
+    return _json(202 if created else 200, view)
+
+
+@router.get("/{event_id}")
+def read(event_id: uuid.UUID, request: Request, who: CurrentBrand) -> JSONResponse:
+    with transaction(request) as session:
+        return _json(200, event_view(session, get_event(session, who.brand_id, event_id)))
+
+
+@router.post("/reverse", status_code=202)
+def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JSONResponse:
+    results: list[dict[str, Any]] = []
+    with transaction(request) as session:
+        for item in body.events:
+            savepoint = session.begin_nested()
+            try:
+                answer = request_reversal(session, who.brand_id, item.id, item.reason,
+                                          body.shortfall)
+            except IntakeError as exc:
+                savepoint.rollback()
+                results.append({"id": str(item.id), "status": "REJECTED", "queue_message_id": None,
+                                "error": {"code": exc.code, "message": exc.message}})
+                continue
+            savepoint.commit()
+            already = answer.status_code == 200
+            results.append({
+                "id": str(item.id),
+                "status": "ALREADY_REVERSED" if already else "ACCEPTED",
+                "queue_message_id": answer.event.queue_message_id,
+                "error": None,
+            })
+    REVERSALS_ACCEPTED.inc(sum(1 for r in results if r["status"] == "ACCEPTED"))
+    return _json(202, results)
+
+
+@router.post("/{event_id}/reverse", status_code=202)
+def reverse(
+    event_id: uuid.UUID,
+    body: ReverseIn,
+    request: Request,
+    who: CurrentBrand,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    fingerprint = hashlib.sha256(
+        json.dumps([str(event_id), body.model_dump()], sort_keys=True).encode()
+    ).hexdigest()
+    with transaction(request) as session:
+        if idempotency_key is not None:
+            replay = _replay(session, who.brand_id, idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
+        answer = request_reversal(session, who.brand_id, event_id, body.reason, body.shortfall,
+                                  body.dry_run)
+        view = answer.view if answer.view is not None else event_view(session, answer.event)
+        if idempotency_key is not None and not body.dry_run:
+            session.add(IdempotencyKey(brand_id=who.brand_id, key=idempotency_key,
+                                       request_hash=fingerprint, status_code=answer.status_code,
+                                       response={"data": view}))
+    if answer.status_code == 202:
+        REVERSALS_ACCEPTED.inc()
+    return _json(answer.status_code, view)
+
+
+def _replay(session: Session, brand_id: uuid.UUID, key: str, fingerprint: str) -> JSONResponse | None:
+    stored = session.get(IdempotencyKey, (brand_id, key))
+    if stored is None:
+        return None
+    if stored.request_hash != fingerprint:
+        raise ApiError(409, "idempotency_key_reused",
+                       "this Idempotency-Key was used with another request body or event")
+    return JSONResponse(stored.response, status_code=stored.status_code)

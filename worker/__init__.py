@@ -1,0 +1,1 @@
+"""Loyalty event reversal service: ledger, Celery worker and operations CLI."""

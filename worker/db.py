@@ -1,0 +1,71 @@
+"""Engine, sessions and the unit of work.
+
+One transaction per request and per task, owned by the wrapper (the API's
+dependency, the task's runner), never by domain code. Messages are published
+only after the commit succeeds: callers register them with `on_commit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import structlog
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.settings import get_settings
+
+log = structlog.get_logger(__name__)
+
+AFTER_COMMIT_KEY = "after_commit"
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    settings = get_settings()
+    return create_engine(
+        settings.sqlalchemy_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+        future=True,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+def on_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's transaction has committed, never before."""
+    session.info.setdefault(AFTER_COMMIT_KEY, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    callbacks: list[Callable[[], None]] = session.info.pop(AFTER_COMMIT_KEY, [])
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            # The row is committed; the sweeper publishes what failed here (SPEC §7).
+            log.exception("after_commit_callback_failed")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(AFTER_COMMIT_KEY, None)
+
+
+@contextmanager
+def unit_of_work(factory: Callable[[], Session] | None = None) -> Iterator[Session]:
+    """A session whose transaction commits when the block ends and rolls back on error."""
+    session = (factory or get_sessionmaker())()
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()

@@ -1,0 +1,216 @@
+"""What the HTTP intake asks of the ledger: plain functions over a session.
+
+The caller (the API's request wrapper) owns the transaction. Each function
+registers its publish with `on_commit`, so a message never leaves before its row
+is committed, and the Celery task id is the event's `queue_message_id`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.db import on_commit
+from worker.ledger.errors import LedgerError
+from worker.ledger.reverse import reverse_event
+from worker.ledger.views import event_view
+from worker.ledger.wallet import utcnow
+from worker.models import (
+    Brand,
+    Campaign,
+    Customer,
+    Event,
+    EventStatus,
+    ReversalStatus,
+    Reward,
+    Shortfall,
+)
+from worker.processing import task_name_for
+from worker.publish import publish
+
+
+class IntakeError(Exception):
+    """A request refused at intake; nothing was written."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def not_found(event_id: uuid.UUID) -> IntakeError:
+    return IntakeError(404, "not_found", f"event {event_id} not found")
+
+
+def enqueue(session: Session, event: Event) -> None:
+    """Give the event a new message id and publish it once the transaction commits."""
+    event.queue_message_id = str(uuid.uuid4())
+    event.updated_at = utcnow()
+    name, event_id, message_id = task_name_for(event), event.id, event.queue_message_id
+    on_commit(session, lambda: publish(name, event_id, message_id))
+
+
+def get_event(session: Session, brand_id: uuid.UUID, event_id: uuid.UUID, lock: bool = False) -> Event:
+    event = session.get(Event, event_id, with_for_update=lock)
+    # Another brand's event answers exactly as a missing one (SPEC §4).
+    if event is None or event.brand_id != brand_id:
+        raise not_found(event_id)
+    return event
+
+
+def create_event(session: Session, brand_id: uuid.UUID, body: dict[str, Any]) -> tuple[Event, bool]:
+    """Record an event PENDING and enqueue it. A known client id returns the existing event."""
+    event_id: uuid.UUID | None = body.get("id")
+    if event_id is not None:
+        existing = session.get(Event, event_id)
+        if existing is not None:
+            if existing.brand_id != brand_id:
+                raise IntakeError(409, "conflict", "this event id is already taken")
+            return existing, False
+    _check_references(session, brand_id, body)
+    customer_id: uuid.UUID = body["customer_id"]
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        session.add(Customer(id=customer_id, brand_id=brand_id))
+        session.flush()
+    elif customer.brand_id != brand_id:
+        raise IntakeError(409, "conflict", "this customer id is already taken")
+    now = utcnow()
+    event = Event(
+        id=event_id or uuid.uuid4(),
+        brand_id=brand_id,
+        customer_id=customer_id,
+        type=body["type"],
+        data=body.get("data") or {},
+        fulfilled=body.get("fulfilled", True),
+        reserve=body.get("reserve"),
+        channel_id=body.get("channel_id"),
+        store_id=body.get("store_id"),
+        rewarding_campaigns=body.get("rewarding_campaigns") or [],
+        request={
+            "accumulate": body.get("accumulate") or [],
+            "redeem": body.get("redeem") or [],
+            "gift_cards": body.get("gift_cards") or [],
+        },
+        status=EventStatus.PENDING.value,
+        queue_message_id="",
+        issued_at=body.get("issued_at") or now,
+    )
+    session.add(event)
+    enqueue(session, event)
+    session.flush()
+    return event, True
+
+
+def _check_references(session: Session, brand_id: uuid.UUID, body: dict[str, Any]) -> None:
+    items = (body.get("accumulate") or []) + (body.get("redeem") or []) + (
+        body.get("gift_cards") or []
+    )
+    reward_ids = {uuid.UUID(str(i["reward_id"])) for i in items}
+    campaign_ids = {uuid.UUID(str(i["campaign_id"])) for i in items if i.get("campaign_id")}
+    known_rewards = set(
+        session.scalars(select(Reward.id).where(Reward.id.in_(reward_ids), Reward.brand_id == brand_id))
+    )
+    known_campaigns = set(
+        session.scalars(
+            select(Campaign.id).where(Campaign.id.in_(campaign_ids), Campaign.brand_id == brand_id)
+        )
+    )
+    unknown = [f"reward {i}" for i in sorted(reward_ids - known_rewards, key=str)]
+    unknown += [f"campaign {i}" for i in sorted(campaign_ids - known_campaigns, key=str)]
+    if unknown:
+        raise IntakeError(422, "unknown_reference", "unknown " + ", ".join(unknown), unknown)
+
+
+@dataclass
+class ReversalAnswer:
+    status_code: int
+    event: Event
+    view: dict[str, Any] | None = None  # set for a dry run: the event as it would be
+
+
+def request_reversal(
+    session: Session,
+    brand_id: uuid.UUID,
+    event_id: uuid.UUID,
+    reason: str,
+    shortfall: str | None = None,
+    dry_run: bool = False,
+) -> ReversalAnswer:
+    """Decide a reversal request (SPEC §4, §5) and, if accepted, enqueue it."""
+    event = get_event(session, brand_id, event_id, lock=True)
+    if event.status == EventStatus.REVERSED:
+        return ReversalAnswer(200, event)
+    if event.reversal_status in (ReversalStatus.PENDING, ReversalStatus.PROCESSING):
+        # Already accepted and in flight: the same answer again, nothing new enqueued.
+        return ReversalAnswer(202, event)
+    reversible = event.status == EventStatus.RESOLVED or (
+        event.status == EventStatus.FAILED and event.reversal_status == ReversalStatus.FAILED
+    )
+    if not reversible:
+        raise IntakeError(409, "not_reversible", _why_not(event), {"status": event.status})
+    brand = session.get_one(Brand, brand_id)
+    window = brand.settings.get("reversal_window_days")
+    if window is not None and event.issued_at < utcnow() - timedelta(days=int(window)):
+        raise IntakeError(
+            409, "reversal_window_passed",
+            f"event was issued more than {window} day(s) ago; the brand's window has passed",
+        )
+    if dry_run:
+        return ReversalAnswer(200, event, _dry_run(session, event, shortfall, brand))
+
+    now = utcnow()
+    event.status = EventStatus.PENDING.value
+    event.reversal_reason = reason
+    event.reversal_requested_at = now
+    event.reversal_status = ReversalStatus.PENDING.value
+    event.reversal_attempts = 0
+    event.reversal_last_error = None
+    event.reversal_dead_lettered = False
+    event.reversal_policy = shortfall
+    event.reversal_shortfall = None
+    enqueue(session, event)
+    session.flush()
+    return ReversalAnswer(202, event)
+
+
+def _why_not(event: Event) -> str:
+    if event.status in (EventStatus.PENDING, EventStatus.PROCESSING):
+        return "event is still being processed; it can be reversed once RESOLVED"
+    if event.status == EventStatus.FAILED:
+        return "event failed when it was processed and changed nothing; there is nothing to reverse"
+    return f"event is {event.status} and cannot be reversed"
+
+
+def _dry_run(
+    session: Session, event: Event, shortfall: str | None, brand: Brand
+) -> dict[str, Any]:
+    """Run the real reversal inside a savepoint, show the result, roll it back."""
+    policy = Shortfall(shortfall or brand.settings.get("shortfall") or "negative")
+    savepoint = session.begin_nested()
+    try:
+        try:
+            reverse_event(session, event, policy)
+            view = event_view(session, event)
+        except LedgerError as exc:
+            event.status = EventStatus.FAILED.value
+            event.reversal_status = ReversalStatus.FAILED.value
+            event.reversal_last_error = str(exc)
+            event.reversal_requested_at = event.reversal_requested_at or utcnow()
+            view = event_view(session, event)
+        view["dry_run"] = True
+        return view
+    finally:
+        savepoint.rollback()
+        session.expire_all()
+
+
+def iso_or_now(value: datetime | None) -> datetime:
+    return value or utcnow()

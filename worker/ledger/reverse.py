@@ -1,0 +1,204 @@
+"""The reversal algorithm (SPEC §6): undo an event's redemptions and accumulations.
+
+All of it happens in the caller's one database transaction:
+
+1. Redemptions: each allocation goes back to the very line it came from, with
+   that line's own expiration date; points landing on an expired line expire
+   again at once (EXPIRATION transaction).
+2. Accumulations: each line the event created gives back its amount, less what
+   already expired, as one REVERSAL transaction per line. What the customer has
+   spent since is the shortfall, and the policy decides: `negative` leaves the
+   line below zero (a debt later points pay first), `clamp` takes back only what
+   is left, `fail` refuses the whole reversal.
+3. Gift cards the event issued are voided; a redeemed one is a shortfall.
+4. Debts are settled from live points, the tier recomputed, the result kept.
+
+An unfulfilled (reserved) event is cancelled instead: holds released, pending
+accumulations dropped, nothing was in the wallet.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.ledger.errors import InconsistentLedger, ShortfallRefused
+from worker.ledger.wallet import (
+    Context,
+    load_context,
+    recompute_tier,
+    return_points,
+    settle_debts,
+    snapshot,
+)
+from worker.models import (
+    Allocation,
+    Event,
+    EventStatus,
+    GiftCard,
+    Line,
+    LineState,
+    Redemption,
+    ReversalStatus,
+    Shortfall,
+    Transaction,
+    TransactionType,
+)
+
+
+@dataclass
+class ShortfallReport:
+    policy: str
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    gift_cards: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(int(item["amount"]) for item in self.lines)
+
+    def as_json(self) -> dict[str, Any] | None:
+        if not self.lines and not self.gift_cards:
+            return None
+        return {
+            "policy": self.policy,
+            "total": self.total,
+            "lines": self.lines,
+            "gift_cards": self.gift_cards,
+        }
+
+
+def reverse_event(
+    session: Session, event: Event, policy: Shortfall, now: datetime | None = None
+) -> ShortfallReport:
+    """Undo a RESOLVED event's effects. Raises ShortfallRefused under `fail`."""
+    lines = list(
+        session.scalars(select(Line).where(Line.event_id == event.id).order_by(Line.id))
+    )
+    redemptions = list(
+        session.scalars(
+            select(Redemption).where(Redemption.event_id == event.id).order_by(Redemption.id)
+        )
+    )
+    reward_ids = {line.reward_id for line in lines} | {r.reward_id for r in redemptions}
+    cards = list(
+        session.scalars(select(GiftCard).where(GiftCard.event_id == event.id).order_by(GiftCard.id))
+    )
+    reward_ids |= {card.reward_id for card in cards}
+    ctx = load_context(session, event, reward_ids, now)
+    report = ShortfallReport(policy=policy.value)
+
+    if not event.fulfilled:
+        _cancel_reservation(ctx, lines, redemptions)
+        event.status = EventStatus.CANCELLED.value
+        event.cancelled_at = ctx.now
+        event.reversal_status = ReversalStatus.CANCELLED.value
+        snapshot(ctx)
+        return report
+
+    for redemption in redemptions:
+        _give_back(ctx, redemption)
+    for line in lines:
+        _take_back(ctx, line, policy, report)
+    for card in cards:
+        if card.voided_at is not None:
+            continue
+        if card.redeemed_at is not None:
+            report.gift_cards.append({"code": card.code, "reason": "already redeemed"})
+            continue
+        card.voided_at = ctx.now
+
+    if policy == Shortfall.FAIL and report.as_json() is not None:
+        raise ShortfallRefused(
+            f"shortfall of {report.total} point(s) and {len(report.gift_cards)} redeemed "
+            "gift card(s); policy 'fail' refuses the reversal"
+        )
+    for reward_id in sorted(reward_ids):
+        settle_debts(ctx, reward_id)
+    recompute_tier(ctx)
+    event.status = EventStatus.REVERSED.value
+    event.reversed_at = ctx.now
+    event.reversal_status = ReversalStatus.REVERSED.value
+    event.reversal_shortfall = report.as_json()
+    snapshot(ctx)
+    return report
+
+
+def _give_back(ctx: Context, redemption: Redemption) -> None:
+    allocations = ctx.session.scalars(
+        select(Allocation).where(Allocation.redemption_id == redemption.id).order_by(Allocation.id)
+    ).all()
+    for allocation in allocations:
+        if allocation.transaction_id is None:
+            raise InconsistentLedger(f"allocation {allocation.id} was never applied")
+        line = ctx.session.get_one(Line, allocation.line_id, with_for_update=True)
+        ctx.write(
+            line,
+            TransactionType.REVERSAL,
+            allocation.amount,
+            reverses=allocation.transaction_id,
+            details="redemption returned",
+        )
+        return_points(ctx, line, allocation.amount)
+
+
+def _take_back(ctx: Context, line: Line, policy: Shortfall, report: ShortfallReport) -> None:
+    accumulation = ctx.session.scalars(
+        select(Transaction).where(
+            Transaction.line_id == line.id,
+            Transaction.type == TransactionType.ACCUMULATION.value,
+        )
+    ).one_or_none()
+    if accumulation is None or line.state == LineState.REVERSED:
+        raise InconsistentLedger(f"line {line.id} has no accumulation to reverse")
+    # Points that already expired are gone from the wallet: not taken back twice.
+    owed = line.amount - line.expired
+    available = max(0, line.remaining - line.reserved)
+    missing = max(0, owed - available)
+    take = owed if policy == Shortfall.NEGATIVE else min(owed, available)
+    if missing:
+        report.lines.append(
+            {"line_id": str(line.id), "reward_id": str(line.reward_id), "amount": missing}
+        )
+    details = f"shortfall {missing} ({policy.value})" if missing else "accumulation reversed"
+    ctx.write(line, TransactionType.REVERSAL, -take, reverses=accumulation.id, details=details)
+    line.remaining -= take
+    line.state = LineState.REVERSED.value
+
+
+def _cancel_reservation(ctx: Context, lines: list[Line], redemptions: list[Redemption]) -> None:
+    for redemption in redemptions:
+        release_holds(ctx.session, redemption)
+    for line in lines:
+        if line.state == LineState.PENDING:
+            line.state = LineState.DROPPED.value
+
+
+def release_holds(session: Session, redemption: Redemption) -> None:
+    allocations = session.scalars(
+        select(Allocation).where(Allocation.redemption_id == redemption.id)
+    ).all()
+    for allocation in allocations:
+        if allocation.transaction_id is not None:
+            continue
+        line = session.get_one(Line, allocation.line_id, with_for_update=True)
+        line.reserved -= allocation.amount
+    redemption.held = False
+
+
+def effective_policy(event: Event, requested: str | None, brand_settings: dict[str, Any]) -> Shortfall:
+    return Shortfall(requested or brand_settings.get("shortfall") or Shortfall.NEGATIVE.value)
+
+
+def reversed_transaction_ids(session: Session, event_id: uuid.UUID) -> list[uuid.UUID]:
+    return list(
+        session.scalars(
+            select(Transaction.reverses_id).where(
+                Transaction.event_id == event_id, Transaction.reverses_id.is_not(None)
+            )
+        )
+    )
