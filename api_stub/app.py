@@ -32,8 +32,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        too_big = error_response(413, "payload_too_large",
-                                 f"request body is larger than {self.max_bytes} bytes")
+        too_big = error_response(
+            413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes"
+        )
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await too_big(scope, receive, send)
             return

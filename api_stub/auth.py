@@ -41,7 +41,9 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-def create_brand(session: Session, name: str, settings: dict[str, object] | None = None) -> tuple[Brand, str]:
+def create_brand(
+    session: Session, name: str, settings: dict[str, object] | None = None
+) -> tuple[Brand, str]:
     """A brand and its first API key. The key is returned once and never stored."""
     brand = Brand(id=uuid.uuid4(), name=name, settings=settings or {})
     session.add(brand)

@@ -18,21 +18,33 @@ from worker.intake import IntakeError
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
         self.headers = headers
 
 
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": jsonable_encoder(details)}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large", 429: "rate_limited"}
+_HTTP_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
 
 
 def install(app: FastAPI) -> None:
@@ -57,5 +69,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), None,
-                              dict(exc.headers) if exc.headers else None)
+        return error_response(
+            exc.status_code, code, str(exc.detail), None, dict(exc.headers) if exc.headers else None
+        )

@@ -37,7 +37,7 @@ def _db_name(url: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _embedded
+    global _embedded  # noqa: PLW0603 - pytest hooks share state only through the module
     if os.environ.get("REVERSALS_TEST_CONFIGURED"):
         return
     os.environ["ENVIRONMENT"] = "test"
@@ -97,8 +97,9 @@ def db_factory(engine: Any) -> Iterator[Callable[[], Any]]:
     outer = connection.begin()
 
     def factory() -> Session:
-        return Session(bind=connection, join_transaction_mode="create_savepoint",
-                       expire_on_commit=False)
+        return Session(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
 
     yield factory
     outer.rollback()

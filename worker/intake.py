@@ -7,6 +7,7 @@ is committed, and the Celery task id is the event's `queue_message_id`.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,11 +54,14 @@ def enqueue(session: Session, event: Event) -> None:
     """Give the event a new message id and publish it once the transaction commits."""
     event.queue_message_id = str(uuid.uuid4())
     event.updated_at = utcnow()
-    name, event_id, message_id = task_name_for(event), event.id, event.queue_message_id
-    on_commit(session, lambda: publish(name, event_id, message_id))
+    on_commit(
+        session, functools.partial(publish, task_name_for(event), event.id, event.queue_message_id)
+    )
 
 
-def get_event(session: Session, brand_id: uuid.UUID, event_id: uuid.UUID, lock: bool = False) -> Event:
+def get_event(
+    session: Session, brand_id: uuid.UUID, event_id: uuid.UUID, lock: bool = False
+) -> Event:
     event = session.get(Event, event_id, with_for_update=lock)
     # Another brand's event answers exactly as a missing one (SPEC §4).
     if event is None or event.brand_id != brand_id:
@@ -87,7 +91,7 @@ def create_event(session: Session, brand_id: uuid.UUID, body: dict[str, Any]) ->
         id=event_id or uuid.uuid4(),
         brand_id=brand_id,
         customer_id=customer_id,
-        type=body["type"],
+        type=body.get("type") or "PURCHASE",
         data=body.get("data") or {},
         fulfilled=body.get("fulfilled", True),
         reserve=body.get("reserve"),
@@ -110,13 +114,15 @@ def create_event(session: Session, brand_id: uuid.UUID, body: dict[str, Any]) ->
 
 
 def _check_references(session: Session, brand_id: uuid.UUID, body: dict[str, Any]) -> None:
-    items = (body.get("accumulate") or []) + (body.get("redeem") or []) + (
-        body.get("gift_cards") or []
+    items = (
+        (body.get("accumulate") or []) + (body.get("redeem") or []) + (body.get("gift_cards") or [])
     )
     reward_ids = {uuid.UUID(str(i["reward_id"])) for i in items}
     campaign_ids = {uuid.UUID(str(i["campaign_id"])) for i in items if i.get("campaign_id")}
     known_rewards = set(
-        session.scalars(select(Reward.id).where(Reward.id.in_(reward_ids), Reward.brand_id == brand_id))
+        session.scalars(
+            select(Reward.id).where(Reward.id.in_(reward_ids), Reward.brand_id == brand_id)
+        )
     )
     known_campaigns = set(
         session.scalars(
@@ -141,6 +147,7 @@ def request_reversal(
     brand_id: uuid.UUID,
     event_id: uuid.UUID,
     reason: str,
+    *,
     shortfall: str | None = None,
     dry_run: bool = False,
 ) -> ReversalAnswer:
@@ -160,7 +167,8 @@ def request_reversal(
     window = brand.settings.get("reversal_window_days")
     if window is not None and event.issued_at < utcnow() - timedelta(days=int(window)):
         raise IntakeError(
-            409, "reversal_window_passed",
+            409,
+            "reversal_window_passed",
             f"event was issued more than {window} day(s) ago; the brand's window has passed",
         )
     if dry_run:
@@ -189,9 +197,7 @@ def _why_not(event: Event) -> str:
     return f"event is {event.status} and cannot be reversed"
 
 
-def _dry_run(
-    session: Session, event: Event, shortfall: str | None, brand: Brand
-) -> dict[str, Any]:
+def _dry_run(session: Session, event: Event, shortfall: str | None, brand: Brand) -> dict[str, Any]:
     """Run the real reversal inside a savepoint, show the result, roll it back."""
     policy = Shortfall(shortfall or brand.settings.get("shortfall") or "negative")
     savepoint = session.begin_nested()

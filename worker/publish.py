@@ -20,5 +20,6 @@ def publish(task_name: str, event_id: uuid.UUID, message_id: str) -> None:
     try:
         app.send_task(task_name, args=[str(event_id), message_id], task_id=message_id)
     except Exception:
-        log.warning("publish_failed", event_id=str(event_id), queue_message_id=message_id,
-                    exc_info=True)
+        log.warning(
+            "publish_failed", event_id=str(event_id), queue_message_id=message_id, exc_info=True
+        )

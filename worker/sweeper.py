@@ -7,6 +7,7 @@ the same `queue_message_id`. Duplicates are harmless (see worker.processing).
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -24,7 +25,10 @@ def sweep(lease_seconds: float, limit: int = 1000, factory: SessionFactory = Non
         now = utcnow()
         stuck = session.scalars(
             select(Event)
-            .where(Event.status.in_(IN_FLIGHT), Event.updated_at < now - timedelta(seconds=lease_seconds))
+            .where(
+                Event.status.in_(IN_FLIGHT),
+                Event.updated_at < now - timedelta(seconds=lease_seconds),
+            )
             .order_by(Event.updated_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -32,5 +36,5 @@ def sweep(lease_seconds: float, limit: int = 1000, factory: SessionFactory = Non
         for event in stuck:
             event.updated_at = now
             name, event_id, message_id = task_name_for(event), event.id, event.queue_message_id
-            on_commit(session, lambda n=name, e=event_id, m=message_id: publish(n, e, m))
+            on_commit(session, functools.partial(publish, name, event_id, message_id))
         return len(stuck)

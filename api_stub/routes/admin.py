@@ -30,7 +30,9 @@ def _taken(kind: str) -> ApiError:
 
 
 @router.put("/rewards/{reward_id}")
-def put_reward(reward_id: uuid.UUID, body: RewardIn, request: Request, who: CurrentBrand) -> dict[str, Any]:
+def put_reward(
+    reward_id: uuid.UUID, body: RewardIn, request: Request, who: CurrentBrand
+) -> dict[str, Any]:
     with transaction(request) as session:
         reward = session.get(Reward, reward_id, with_for_update=True)
         if reward is None:
@@ -56,12 +58,16 @@ def get_reward(reward_id: uuid.UUID, request: Request, who: CurrentBrand) -> dic
 @router.get("/rewards")
 def list_rewards(request: Request, who: CurrentBrand) -> dict[str, Any]:
     with transaction(request) as session:
-        rows = session.scalars(select(Reward).where(Reward.brand_id == who.brand_id).order_by(Reward.name))
+        rows = session.scalars(
+            select(Reward).where(Reward.brand_id == who.brand_id).order_by(Reward.name)
+        )
         return {"data": [_reward_view(r) for r in rows]}
 
 
 @router.put("/campaigns/{campaign_id}")
-def put_campaign(campaign_id: uuid.UUID, body: CampaignIn, request: Request, who: CurrentBrand) -> dict[str, Any]:
+def put_campaign(
+    campaign_id: uuid.UUID, body: CampaignIn, request: Request, who: CurrentBrand
+) -> dict[str, Any]:
     with transaction(request) as session:
         campaign = session.get(Campaign, campaign_id, with_for_update=True)
         if campaign is None:

@@ -16,7 +16,9 @@ from worker.models import Customer, Line, Transaction
 router = APIRouter(prefix="/customers")
 
 
-def _customer(request: Request, session: Any, brand_id: uuid.UUID, customer_id: uuid.UUID) -> Customer:
+def _customer(
+    request: Request, session: Any, brand_id: uuid.UUID, customer_id: uuid.UUID
+) -> Customer:
     customer = session.get(Customer, customer_id)
     if customer is None or customer.brand_id != brand_id:
         raise ApiError(404, "not_found", f"customer {customer_id} not found")
@@ -51,7 +53,9 @@ def transactions(
         line_ids = {tx.line_id for tx in page if tx.line_id}
         lines = {ln.id: ln for ln in session.scalars(select(Line).where(Line.id.in_(line_ids)))}
         names = campaign_names(session, who.brand_id)
-        data = [transaction_view(tx, lines.get(tx.line_id) if tx.line_id else None, names)
-                for tx in page]
+        data = [
+            transaction_view(tx, lines.get(tx.line_id) if tx.line_id else None, names)
+            for tx in page
+        ]
     next_cursor = page[-1].seq if len(rows) > limit else None
     return {"data": data, "next_cursor": next_cursor}

@@ -30,8 +30,13 @@ def _json(status: int, data: Any) -> JSONResponse:
 @router.post("", status_code=202)
 def record(body: EventIn, request: Request, who: CurrentBrand) -> JSONResponse:
     payload = to_jsonable_python(body.model_dump())
-    payload.update(id=body.id, customer_id=body.customer_id, issued_at=body.issued_at,
-                   channel_id=body.channel_id, store_id=body.store_id)
+    payload.update(
+        id=body.id,
+        customer_id=body.customer_id,
+        issued_at=body.issued_at,
+        channel_id=body.channel_id,
+        store_id=body.store_id,
+    )
     with transaction(request) as session:
         event, created = create_event(session, who.brand_id, payload)
         view = event_view(session, event)
@@ -51,21 +56,30 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
         for item in body.events:
             savepoint = session.begin_nested()
             try:
-                answer = request_reversal(session, who.brand_id, item.id, item.reason,
-                                          body.shortfall)
+                answer = request_reversal(
+                    session, who.brand_id, item.id, item.reason, shortfall=body.shortfall
+                )
             except IntakeError as exc:
                 savepoint.rollback()
-                results.append({"id": str(item.id), "status": "REJECTED", "queue_message_id": None,
-                                "error": {"code": exc.code, "message": exc.message}})
+                results.append(
+                    {
+                        "id": str(item.id),
+                        "status": "REJECTED",
+                        "queue_message_id": None,
+                        "error": {"code": exc.code, "message": exc.message},
+                    }
+                )
                 continue
             savepoint.commit()
             already = answer.status_code == 200
-            results.append({
-                "id": str(item.id),
-                "status": "ALREADY_REVERSED" if already else "ACCEPTED",
-                "queue_message_id": answer.event.queue_message_id,
-                "error": None,
-            })
+            results.append(
+                {
+                    "id": str(item.id),
+                    "status": "ALREADY_REVERSED" if already else "ACCEPTED",
+                    "queue_message_id": answer.event.queue_message_id,
+                    "error": None,
+                }
+            )
     REVERSALS_ACCEPTED.inc(sum(1 for r in results if r["status"] == "ACCEPTED"))
     return _json(202, results)
 
@@ -86,23 +100,40 @@ def reverse(
             replay = _replay(session, who.brand_id, idempotency_key, fingerprint)
             if replay is not None:
                 return replay
-        answer = request_reversal(session, who.brand_id, event_id, body.reason, body.shortfall,
-                                  body.dry_run)
+        answer = request_reversal(
+            session,
+            who.brand_id,
+            event_id,
+            body.reason,
+            shortfall=body.shortfall,
+            dry_run=body.dry_run,
+        )
         view = answer.view if answer.view is not None else event_view(session, answer.event)
         if idempotency_key is not None and not body.dry_run:
-            session.add(IdempotencyKey(brand_id=who.brand_id, key=idempotency_key,
-                                       request_hash=fingerprint, status_code=answer.status_code,
-                                       response={"data": view}))
+            session.add(
+                IdempotencyKey(
+                    brand_id=who.brand_id,
+                    key=idempotency_key,
+                    request_hash=fingerprint,
+                    status_code=answer.status_code,
+                    response={"data": view},
+                )
+            )
     if answer.status_code == 202:
         REVERSALS_ACCEPTED.inc()
     return _json(answer.status_code, view)
 
 
-def _replay(session: Session, brand_id: uuid.UUID, key: str, fingerprint: str) -> JSONResponse | None:
+def _replay(
+    session: Session, brand_id: uuid.UUID, key: str, fingerprint: str
+) -> JSONResponse | None:
     stored = session.get(IdempotencyKey, (brand_id, key))
     if stored is None:
         return None
     if stored.request_hash != fingerprint:
-        raise ApiError(409, "idempotency_key_reused",
-                       "this Idempotency-Key was used with another request body or event")
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with another request body or event",
+        )
     return JSONResponse(stored.response, status_code=stored.status_code)

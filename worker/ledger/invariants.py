@@ -16,11 +16,15 @@ from sqlalchemy.orm import Session
 _BALANCES = text(
     """
     WITH keys AS (
-        SELECT customer_id, reward_id FROM wallets WHERE (CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid))
-        UNION SELECT customer_id, reward_id FROM transactions
-              WHERE (CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid))
-        UNION SELECT customer_id, reward_id FROM lines
-              WHERE (CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid)) AND state IN ('ACTIVE','EXPIRED','REVERSED')
+        SELECT customer_id, reward_id FROM wallets
+         WHERE CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid)
+        UNION
+        SELECT customer_id, reward_id FROM transactions
+         WHERE CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid)
+        UNION
+        SELECT customer_id, reward_id FROM lines
+         WHERE (CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid))
+           AND state IN ('ACTIVE', 'EXPIRED', 'REVERSED')
     )
     SELECT k.customer_id, k.reward_id,
            coalesce((SELECT balance FROM wallets w
@@ -29,20 +33,22 @@ _BALANCES = text(
                      WHERE t.customer_id = k.customer_id AND t.reward_id = k.reward_id), 0),
            coalesce((SELECT sum(remaining) FROM lines l
                      WHERE l.customer_id = k.customer_id AND l.reward_id = k.reward_id
-                       AND l.state IN ('ACTIVE','EXPIRED','REVERSED')), 0)
+                       AND l.state IN ('ACTIVE', 'EXPIRED', 'REVERSED')), 0)
     FROM keys k
     """
 )
 
 _OVERFULL = text(
     "SELECT id, amount, remaining FROM lines"
-    " WHERE remaining > amount AND (CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid))"
+    " WHERE remaining > amount"
+    " AND (CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid))"
 )
 
 _DOUBLE_UNDO = text(
     """
     SELECT reverses_id, count(*) FROM transactions
-    WHERE reverses_id IS NOT NULL AND (CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid))
+    WHERE reverses_id IS NOT NULL
+      AND (CAST(:c AS uuid) IS NULL OR customer_id = CAST(:c AS uuid))
     GROUP BY reverses_id HAVING count(*) > 1
     """
 )

@@ -76,9 +76,7 @@ def reverse_event(
     session: Session, event: Event, policy: Shortfall, now: datetime | None = None
 ) -> ShortfallReport:
     """Undo a RESOLVED event's effects. Raises ShortfallRefused under `fail`."""
-    lines = list(
-        session.scalars(select(Line).where(Line.event_id == event.id).order_by(Line.id))
-    )
+    lines = list(session.scalars(select(Line).where(Line.event_id == event.id).order_by(Line.id)))
     redemptions = list(
         session.scalars(
             select(Redemption).where(Redemption.event_id == event.id).order_by(Redemption.id)
@@ -190,7 +188,9 @@ def release_holds(session: Session, redemption: Redemption) -> None:
     redemption.held = False
 
 
-def effective_policy(event: Event, requested: str | None, brand_settings: dict[str, Any]) -> Shortfall:
+def effective_policy(
+    event: Event, requested: str | None, brand_settings: dict[str, Any]
+) -> Shortfall:
     return Shortfall(requested or brand_settings.get("shortfall") or Shortfall.NEGATIVE.value)
 
 

@@ -111,14 +111,13 @@ def gift_card_view(card: GiftCard) -> dict[str, Any]:
 
 def campaign_names(session: Session, brand_id: uuid.UUID) -> dict[uuid.UUID, str]:
     rows = session.execute(select(Campaign.id, Campaign.name).where(Campaign.brand_id == brand_id))
-    return {cid: name for cid, name in rows}
+    return dict(rows.all())
 
 
 def event_view(session: Session, event: Event) -> dict[str, Any]:
     """The seed's event object, plus brand_id, channel_id, store_id and `reversal`."""
     lines = {
-        line.id: line
-        for line in session.scalars(select(Line).where(Line.event_id == event.id))
+        line.id: line for line in session.scalars(select(Line).where(Line.event_id == event.id))
     }
     txs = list(
         session.scalars(
@@ -211,9 +210,9 @@ def wallet_view(session: Session, customer_id: uuid.UUID) -> dict[str, Any]:
     rewards = {
         r.id: r
         for r in session.scalars(
-            select(Reward).join(Wallet, Wallet.reward_id == Reward.id).where(
-                Wallet.customer_id == customer_id
-            )
+            select(Reward)
+            .join(Wallet, Wallet.reward_id == Reward.id)
+            .where(Wallet.customer_id == customer_id)
         )
     }
     wallets = session.scalars(

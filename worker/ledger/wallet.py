@@ -105,7 +105,8 @@ def load_context(
     if missing:
         raise InconsistentLedger(f"unknown reward(s) for this brand: {', '.join(missing)}")
     campaigns = {
-        c.id: c for c in session.scalars(select(Campaign).where(Campaign.brand_id == event.brand_id))
+        c.id: c
+        for c in session.scalars(select(Campaign).where(Campaign.brand_id == event.brand_id))
     }
     wallets = lock_wallets(session, event.brand_id, event.customer_id, ids)
     return Context(session, event, rewards, campaigns, wallets, now or utcnow())
