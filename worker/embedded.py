@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -25,18 +26,18 @@ class Embedded:
     database_url: str | None = None
     broker_url: str | None = None
     redis_pid: int | None = None
-    started_postgres: bool = False
+    postgres: Any = None  # pgserver's PostgresServer handle, when this process started it
 
     def stop(self) -> None:
         """Stop what this handle started (each process starts or attaches; `up` stops)."""
         if self.redis_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.redis_pid, signal.SIGTERM)
-        if self.database_url:
-            from pgserver import postgres_server
-
+        if self.postgres is not None:
+            # pgserver stops the server when its last handle closes in "stop" mode.
+            self.postgres.cleanup_mode = "stop"
             with contextlib.suppress(Exception):
-                postgres_server.get_server(self.state_dir / "pg", cleanup_mode="stop").cleanup()
+                self.postgres.cleanup()
 
 
 def _free_port() -> int:
@@ -55,7 +56,7 @@ def _redis_answers(port: int) -> bool:
         return False
 
 
-def start_postgres(state_dir: Path) -> str:
+def start_postgres(state_dir: Path) -> tuple[str, Any]:
     from pgserver import postgres_server
 
     server = postgres_server.get_server(state_dir / "pg", cleanup_mode=None)
@@ -67,7 +68,7 @@ def start_postgres(state_dir: Path) -> str:
         if not exists:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
     socket_dir = admin_uri.split("host=", 1)[1]
-    return f"postgresql://postgres@/{DATABASE}?host={socket_dir}"
+    return f"postgresql://postgres@/{DATABASE}?host={socket_dir}", server
 
 
 def start_redis(state_dir: Path) -> tuple[str, int | None]:
@@ -116,7 +117,8 @@ def ensure(state_dir: Path, database_url: str, broker_url: str) -> Embedded:
     state_dir.mkdir(parents=True, exist_ok=True)
     handle = Embedded(state_dir)
     if not database_url:
-        database_url = handle.database_url = start_postgres(state_dir)
+        database_url, handle.postgres = start_postgres(state_dir)
+        handle.database_url = database_url
     if not broker_url:
         broker_url, handle.redis_pid = start_redis(state_dir)
         handle.broker_url = broker_url

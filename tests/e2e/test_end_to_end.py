@@ -59,14 +59,19 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     port = _free_port()
     api = subprocess.Popen(
         [str(BIN / "reversals"), "api", "--port", str(port)],
-        stdout=(logs / "api.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=(logs / "api.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     worker = subprocess.Popen(
         [str(BIN / "reversals"), "worker", "--concurrency", "2", "--loglevel", "warning"],
-        stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=(logs / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def healthy() -> bool:
             try:
                 return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
@@ -76,20 +81,38 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         _wait_until(healthy, 30, "the api to answer")
         created = subprocess.run(
             [str(BIN / "reversals"), "brand", "create", "e2e brand", "--json"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         key = json.loads(created.stdout.strip().splitlines()[-1])
-        token = httpx.get(f"{base}{BASE}/auth/authorize",
-                          headers={"x-api-key": key["api_key"]}).json()["data"]["access_token"]
-        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"},
-                            timeout=10)
+        token = httpx.get(
+            f"{base}{BASE}/auth/authorize", headers={"x-api-key": key["api_key"]}
+        ).json()["data"]["access_token"]
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         reward, campaign = str(uuid.uuid4()), str(uuid.uuid4())
-        assert http.put(f"/api/admin/v1/rewards/{reward}",
-                        json={"type": "POINTS", "name": "Points", "cost": 0.01}).status_code == 200
-        assert http.put(f"/api/admin/v1/campaigns/{campaign}",
-                        json={"name": "Spring", "funded_by": "MARKETING"}).status_code == 200
-        yield {"http": http, "reward": reward, "campaign": campaign, "brand": key["brand_id"],
-               "logs": logs, "worker": worker}
+        assert (
+            http.put(
+                f"/api/admin/v1/rewards/{reward}",
+                json={"type": "POINTS", "name": "Points", "cost": 0.01},
+            ).status_code
+            == 200
+        )
+        assert (
+            http.put(
+                f"/api/admin/v1/campaigns/{campaign}",
+                json={"name": "Spring", "funded_by": "MARKETING"},
+            ).status_code
+            == 200
+        )
+        yield {
+            "http": http,
+            "reward": reward,
+            "campaign": campaign,
+            "brand": key["brand_id"],
+            "logs": logs,
+            "worker": worker,
+        }
         http.close()
     finally:
         _stop(api)
@@ -112,46 +135,75 @@ def _balance(http: httpx.Client, customer: str) -> int:
 def test_purchase_then_reversal_over_http_with_a_real_worker(service: dict[str, Any]) -> None:
     http, reward, campaign = service["http"], service["reward"], service["campaign"]
     customer = str(uuid.uuid4())
-    earlier = http.post(f"{BASE}/behavior/events", json={
-        "customer_id": customer, "type": "PURCHASE",
-        "accumulate": [{"reward_id": reward, "campaign_id": campaign, "amount": 300,
-                        "expiration_date": "2030-06-30T00:00:00Z"},
-                       {"reward_id": reward, "campaign_id": campaign, "amount": 200,
-                        "expiration_date": "2030-01-31T00:00:00Z"}],
-    })
+    earlier = http.post(
+        f"{BASE}/behavior/events",
+        json={
+            "customer_id": customer,
+            "type": "PURCHASE",
+            "accumulate": [
+                {
+                    "reward_id": reward,
+                    "campaign_id": campaign,
+                    "amount": 300,
+                    "expiration_date": "2030-06-30T00:00:00Z",
+                },
+                {
+                    "reward_id": reward,
+                    "campaign_id": campaign,
+                    "amount": 200,
+                    "expiration_date": "2030-01-31T00:00:00Z",
+                },
+            ],
+        },
+    )
     assert earlier.status_code == 202, earlier.text
     _wait_status(http, earlier.json()["data"]["id"], "RESOLVED")
     before = _balance(http, customer)
     assert before == 500
 
-    purchase = http.post(f"{BASE}/behavior/events", json={
-        "customer_id": customer, "type": "PURCHASE", "data": {"order": "A-1001"},
-        "accumulate": [{"reward_id": reward, "campaign_id": campaign, "amount": 120},
-                       {"reward_id": reward, "campaign_id": campaign, "amount": 30}],
-        "redeem": [{"reward_id": reward, "amount": 250}],
-    })
+    purchase = http.post(
+        f"{BASE}/behavior/events",
+        json={
+            "customer_id": customer,
+            "type": "PURCHASE",
+            "data": {"order": "A-1001"},
+            "accumulate": [
+                {"reward_id": reward, "campaign_id": campaign, "amount": 120},
+                {"reward_id": reward, "campaign_id": campaign, "amount": 30},
+            ],
+            "redeem": [{"reward_id": reward, "amount": 250}],
+        },
+    )
     assert purchase.status_code == 202, purchase.text
     event = purchase.json()["data"]
     assert event["status"] == "PENDING" and event["queue_message_id"]
     resolved = _wait_status(http, event["id"], "RESOLVED")
     assert _balance(http, customer) == 500 + 150 - 250
-    redeemed = sorted((r["expiration_date"], r["amount"]) for r in resolved["result"]["redemptions"])
+    redeemed = sorted(
+        (r["expiration_date"], r["amount"]) for r in resolved["result"]["redemptions"]
+    )
     assert redeemed == [("2030-01-31T00:00:00Z", 200), ("2030-06-30T00:00:00Z", 50)]
 
-    answer = http.post(f"{BASE}/behavior/events/{event['id']}/reverse",
-                       json={"reason": "order refunded"})
+    answer = http.post(
+        f"{BASE}/behavior/events/{event['id']}/reverse", json={"reason": "order refunded"}
+    )
     assert answer.status_code == 202, answer.text
     accepted = answer.json()["data"]
     assert accepted["status"] == "PENDING"
-    assert accepted["queue_message_id"] and accepted["queue_message_id"] != event["queue_message_id"]
+    assert (
+        accepted["queue_message_id"] and accepted["queue_message_id"] != event["queue_message_id"]
+    )
     assert accepted["reversal"]["status"] == "PENDING"
 
     done = _wait_status(http, event["id"], "REVERSED")
     assert done["reversed_at"] and done["reversed_at"].endswith("Z")
     reversals = [t for t in done["result"]["transactions"] if t["type"] == "REVERSAL"]
     assert sorted(t["amount"] for t in reversals) == [-120, -30, 50, 200]
-    assert all(t["attributes"]["line"] and t["attributes"]["campaign_name"] == "Spring"
-               for t in reversals if t["amount"] < 0)
+    assert all(
+        t["attributes"]["line"] and t["attributes"]["campaign_name"] == "Spring"
+        for t in reversals
+        if t["amount"] < 0
+    )
     assert _balance(http, customer) == before
 
     again = http.post(f"{BASE}/behavior/events/{event['id']}/reverse", json={"reason": "again"})
@@ -167,10 +219,13 @@ def test_a_burst_of_reversals_all_end_reversed_exactly_once(service: dict[str, A
     events = []
     for i in range(40):
         customer = customers[i % len(customers)]
-        answer = http.post(f"{BASE}/behavior/events", json={
-            "customer_id": customer,
-            "accumulate": [{"reward_id": reward, "campaign_id": campaign, "amount": 10 + i}],
-        })
+        answer = http.post(
+            f"{BASE}/behavior/events",
+            json={
+                "customer_id": customer,
+                "accumulate": [{"reward_id": reward, "campaign_id": campaign, "amount": 10 + i}],
+            },
+        )
         assert answer.status_code == 202
         events.append(answer.json()["data"]["id"])
     for event_id in events:
@@ -196,10 +251,14 @@ def test_a_lost_publish_is_finished_by_the_sweeper(service: dict[str, Any]) -> N
     http, reward, campaign = service["http"], service["reward"], service["campaign"]
     customer = uuid.uuid4()
     with unit_of_work() as session:
-        event, _ = create_event(session, uuid.UUID(service["brand"]), {
-            "customer_id": customer,
-            "accumulate": [{"reward_id": reward, "campaign_id": campaign, "amount": 7}],
-        })
+        event, _ = create_event(
+            session,
+            uuid.UUID(service["brand"]),
+            {
+                "customer_id": customer,
+                "accumulate": [{"reward_id": reward, "campaign_id": campaign, "amount": 7}],
+            },
+        )
         event_id = event.id
         session.info.clear()  # drop the after-commit publish: the message is "lost"
     time.sleep(1.2)
