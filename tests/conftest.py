@@ -1,7 +1,7 @@
 """Test set-up: real PostgreSQL and real Redis, never mocks.
 
-With DATABASE_URL and BROKER_URL set (CI), a fresh database `<db>_pytest` is
-made on that server and Redis database 9 is used and flushed. With neither set
+With DATABASE_URL and BROKER_URL set (CI), a fresh database `<db>_pytest_<pid>`
+is made on that server, and Redis database 9 with a queue of the run's own. With neither set
 (a fresh machine), the embedded engines start under .reversals/test, the same
 code path `reversals up` takes. Migrations are applied with Alembic, so every
 run tests them too.
@@ -55,20 +55,27 @@ def pytest_configure(config: pytest.Config) -> None:
         _embedded = embedded.ensure(ROOT / ".reversals" / "test", database_url, broker_url)
         database_url, broker_url = os.environ["DATABASE_URL"], os.environ["BROKER_URL"]
 
-    test_db = f"{_db_name(database_url)}_pytest"
+    # Each run has its own database and queue, so runs on one machine never meet.
+    run_id = f"{os.getpid()}"
+    prefix = f"{_db_name(database_url)}_pytest_"
+    test_db = f"{prefix}{run_id}"
+    os.environ["QUEUE"] = f"reversals_test_{run_id}"
     from worker.settings import to_sqlalchemy_url
 
     admin = to_sqlalchemy_url(database_url).replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{test_db}" WITH (FORCE)')
+        leftovers = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s AND datname NOT IN"
+            " (SELECT datname FROM pg_stat_activity WHERE datname IS NOT NULL)",
+            (prefix + "%",),
+        ).fetchall()
+        for (name,) in leftovers:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{test_db}"')
     os.environ["DATABASE_URL"] = _with_db(database_url, test_db)
     os.environ["BROKER_URL"] = re.sub(r"/\d*$", "", broker_url.rstrip("/")) + "/9"
     os.environ["REVERSALS_TEST_CONFIGURED"] = "1"
 
-    import redis
-
-    redis.Redis.from_url(os.environ["BROKER_URL"]).flushdb()
     from worker.migrate import upgrade
     from worker.settings import get_settings
 
@@ -77,6 +84,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from worker.db import get_engine
+
+    get_engine().dispose()
+    url = os.environ["DATABASE_URL"]
+    admin = _with_db(url, "postgres").replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{_db_name(url)}" WITH (FORCE)')
     if _embedded is not None:
         _embedded.stop()
 

@@ -14,8 +14,6 @@ from celery import Celery
 
 from worker.settings import Settings, get_settings
 
-QUEUE = "reversals"
-
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {"visibility_timeout": settings.broker_visibility_timeout}
@@ -24,7 +22,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
-        "task_default_queue": QUEUE,
+        "task_default_queue": settings.queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,

@@ -96,13 +96,13 @@ def api(host: str | None, port: int | None) -> None:
 
 @main.command()
 @click.option("--concurrency", "-c", type=int, default=None, help="processes (default: cores)")
-@click.option("--queues", "-Q", default="reversals", show_default=True)
+@click.option("--queues", "-Q", default=None, help="queues to consume (default QUEUE)")
 @click.option("--pool", "-P", default="prefork", show_default=True)
 @click.option("--loglevel", "-l", default="info", show_default=True)
-def worker(concurrency: int | None, queues: str, pool: str, loglevel: str) -> None:
+def worker(concurrency: int | None, queues: str | None, pool: str, loglevel: str) -> None:
     """Run a Celery worker. Start more, on any machine, to scale."""
     _urls()
-    cmd = _worker_cmd(concurrency, queues, pool, loglevel)
+    cmd = _worker_cmd(concurrency, queues or get_settings().queue, pool, loglevel)
     os.execv(cmd[0], cmd)
 
 
@@ -165,7 +165,7 @@ def up(
     demo_key = _demo_brand(settings.state_dir)
     commands = {
         "api": _api_cmd(host, port),
-        "worker": _worker_cmd(concurrency, "reversals", "prefork", "info"),
+        "worker": _worker_cmd(concurrency, settings.queue, "prefork", "info"),
         "beat": _beat_cmd(),
         "flower": _flower_cmd(flower_port),
     }

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     flower_basic_auth: str = "admin:admin"
 
+    queue: str = "reversals"
     broker_visibility_timeout: int = Field(default=300, ge=5)
     sweep_interval: float = Field(default=30, gt=0)
     pending_lease: float = Field(default=120, gt=0)
