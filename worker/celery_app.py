@@ -42,6 +42,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "reversals.sweep",
                 "schedule": settings.sweep_interval,
             },
+            "expire-lines": {
+                "task": "reversals.expire_lines",
+                "schedule": settings.expiry_interval,
+            },
+            "expire-reservations": {
+                "task": "reversals.expire_reservations",
+                "schedule": settings.expiry_interval,
+            },
         },
         "timezone": "UTC",
         "enable_utc": True,

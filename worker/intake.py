@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from worker.db import on_commit
 from worker.ledger.errors import LedgerError
+from worker.ledger.reservations import fulfil
 from worker.ledger.reverse import reverse_event
 from worker.ledger.views import event_view
 from worker.ledger.wallet import utcnow
@@ -187,6 +188,22 @@ def request_reversal(
     enqueue(session, event)
     session.flush()
     return ReversalAnswer(202, event)
+
+
+def fulfil_event(session: Session, brand_id: uuid.UUID, event_id: uuid.UUID) -> Event:
+    """PATCH .../fulfill: apply a reserved event now, in the request's transaction."""
+    event = get_event(session, brand_id, event_id, lock=True)
+    if event.fulfilled:
+        if event.status == EventStatus.RESOLVED:
+            return event  # already fulfilled: the same answer again
+        raise IntakeError(409, "not_reserved", f"event is {event.status}, not a reservation")
+    if event.status != EventStatus.RESOLVED:
+        raise IntakeError(
+            409, "not_fulfillable", f"event is {event.status} and cannot be fulfilled"
+        )
+    fulfil(event)
+    event.updated_at = utcnow()
+    return event
 
 
 def _why_not(event: Event) -> str:

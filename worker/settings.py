@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     queue: str = "reversals"
     broker_visibility_timeout: int = Field(default=300, ge=5)
     sweep_interval: float = Field(default=30, gt=0)
+    expiry_interval: float = Field(default=60, gt=0)
     pending_lease: float = Field(default=120, gt=0)
     task_max_retries: int = Field(default=8, ge=0)
     task_retry_base_delay: float = Field(default=1.0, gt=0)

@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker.celery_app import app
+from worker.maintenance import expire_lines, expire_reservations
 from worker.processing import fail_event, handle_message
 from worker.settings import get_settings
 from worker.sweeper import sweep
@@ -97,3 +98,13 @@ def sweep_stuck() -> int:
     if count:
         log.info("swept", republished=count)
     return count
+
+
+@app.task(name="reversals.expire_lines", ignore_result=True)
+def expire_lines_task() -> int:
+    return expire_lines()
+
+
+@app.task(name="reversals.expire_reservations", ignore_result=True)
+def expire_reservations_task() -> int:
+    return expire_reservations()

@@ -16,7 +16,13 @@ from api_stub.deps import CurrentBrand, transaction
 from api_stub.errors import ApiError
 from api_stub.metrics import REVERSALS_ACCEPTED
 from api_stub.schemas import BulkReverseIn, EventIn, ReverseIn
-from worker.intake import IntakeError, create_event, get_event, request_reversal
+from worker.intake import (
+    IntakeError,
+    create_event,
+    fulfil_event,
+    get_event,
+    request_reversal,
+)
 from worker.ledger.views import event_view
 from worker.models import IdempotencyKey
 
@@ -47,6 +53,14 @@ def record(body: EventIn, request: Request, who: CurrentBrand) -> JSONResponse:
 def read(event_id: uuid.UUID, request: Request, who: CurrentBrand) -> JSONResponse:
     with transaction(request) as session:
         return _json(200, event_view(session, get_event(session, who.brand_id, event_id)))
+
+
+@router.patch("/{event_id}/fulfill")
+def fulfill(event_id: uuid.UUID, request: Request, who: CurrentBrand) -> JSONResponse:
+    """A reserved event becomes fulfilled: its accumulations and redemptions apply now."""
+    with transaction(request) as session:
+        event = fulfil_event(session, who.brand_id, event_id)
+        return _json(200, event_view(session, event))
 
 
 @router.post("/reverse", status_code=202)

@@ -19,7 +19,6 @@ accumulations dropped, nothing was in the wallet.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.ledger.errors import InconsistentLedger, ShortfallRefused
+from worker.ledger.reservations import cancel
 from worker.ledger.wallet import (
     Context,
     load_context,
@@ -76,6 +76,10 @@ def reverse_event(
     session: Session, event: Event, policy: Shortfall, now: datetime | None = None
 ) -> ShortfallReport:
     """Undo a RESOLVED event's effects. Raises ShortfallRefused under `fail`."""
+    if not event.fulfilled:
+        cancel(event, now)
+        event.reversal_status = ReversalStatus.CANCELLED.value
+        return ShortfallReport(policy=policy.value)
     lines = list(session.scalars(select(Line).where(Line.event_id == event.id).order_by(Line.id)))
     redemptions = list(
         session.scalars(
@@ -89,14 +93,6 @@ def reverse_event(
     reward_ids |= {card.reward_id for card in cards}
     ctx = load_context(session, event, reward_ids, now)
     report = ShortfallReport(policy=policy.value)
-
-    if not event.fulfilled:
-        _cancel_reservation(ctx, lines, redemptions)
-        event.status = EventStatus.CANCELLED.value
-        event.cancelled_at = ctx.now
-        event.reversal_status = ReversalStatus.CANCELLED.value
-        snapshot(ctx)
-        return report
 
     for redemption in redemptions:
         _give_back(ctx, redemption)
@@ -166,39 +162,3 @@ def _take_back(ctx: Context, line: Line, policy: Shortfall, report: ShortfallRep
     ctx.write(line, TransactionType.REVERSAL, -take, reverses=accumulation.id, details=details)
     line.remaining -= take
     line.state = LineState.REVERSED.value
-
-
-def _cancel_reservation(ctx: Context, lines: list[Line], redemptions: list[Redemption]) -> None:
-    for redemption in redemptions:
-        release_holds(ctx.session, redemption)
-    for line in lines:
-        if line.state == LineState.PENDING:
-            line.state = LineState.DROPPED.value
-
-
-def release_holds(session: Session, redemption: Redemption) -> None:
-    allocations = session.scalars(
-        select(Allocation).where(Allocation.redemption_id == redemption.id)
-    ).all()
-    for allocation in allocations:
-        if allocation.transaction_id is not None:
-            continue
-        line = session.get_one(Line, allocation.line_id, with_for_update=True)
-        line.reserved -= allocation.amount
-    redemption.held = False
-
-
-def effective_policy(
-    event: Event, requested: str | None, brand_settings: dict[str, Any]
-) -> Shortfall:
-    return Shortfall(requested or brand_settings.get("shortfall") or Shortfall.NEGATIVE.value)
-
-
-def reversed_transaction_ids(session: Session, event_id: uuid.UUID) -> list[uuid.UUID]:
-    return list(
-        session.scalars(
-            select(Transaction.reverses_id).where(
-                Transaction.event_id == event_id, Transaction.reverses_id.is_not(None)
-            )
-        )
-    )
