@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_stub import errors
@@ -54,8 +55,11 @@ class BodyLimit:
             await too_big(scope, receive, send)
 
 
-class _TooBig(Exception):
-    pass
+class _TooBig(StarletteHTTPException):
+    """An HTTPException, so that FastAPI's body parsing lets it through unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "request body is larger than the limit")
 
 
 class Metrics:

@@ -6,10 +6,19 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+)
 
 # Bounded so that no sum of amounts can overflow the ledger's 64-bit integers.
-Amount = Annotated[int, Field(ge=1, le=1_000_000_000)]
+Amount = Annotated[StrictInt, Field(ge=1, le=1_000_000_000)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ShortfallPolicy = Literal["negative", "clamp", "fail"]
 
@@ -46,8 +55,8 @@ class EventIn(Strict):
     issued_at: AwareDatetime | None = None
     channel_id: uuid.UUID | None = None
     store_id: uuid.UUID | None = None
-    fulfilled: bool = True
-    reserve: Annotated[int, Field(ge=1, le=365)] | None = None
+    fulfilled: StrictBool = True
+    reserve: Annotated[StrictInt, Field(ge=1, le=365)] | None = None
     rewarding_campaigns: list[Any] = Field(default_factory=list, max_length=100)
     accumulate: list[AccumulateIn] = Field(default_factory=list, max_length=1000)
     redeem: list[RedeemIn] = Field(default_factory=list, max_length=1000)
@@ -55,14 +64,14 @@ class EventIn(Strict):
 
 
 class ReverseIn(Strict):
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    reason: Reason
     shortfall: ShortfallPolicy | None = None
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 class BulkItemIn(Strict):
     id: uuid.UUID
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    reason: Reason
 
 
 class BulkReverseIn(Strict):
@@ -83,9 +92,9 @@ class CampaignIn(Strict):
 
 class TierIn(Strict):
     name: Name
-    min_points: Annotated[int, Field(ge=0, le=1_000_000_000_000)]
+    min_points: Annotated[StrictInt, Field(ge=0, le=1_000_000_000_000)]
 
 
 class SettingsIn(Strict):
     shortfall: ShortfallPolicy = "negative"
-    reversal_window_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    reversal_window_days: Annotated[StrictInt, Field(ge=1, le=3650)] | None = None

@@ -36,6 +36,16 @@ def _db_name(url: str) -> str:
     return url.partition("?")[0].rsplit("/", 1)[1] or "postgres"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _embedded  # noqa: PLW0603 - pytest hooks share state only through the module
     if os.environ.get("REVERSALS_TEST_CONFIGURED"):
@@ -64,13 +74,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     admin = to_sqlalchemy_url(database_url).replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as conn:
-        leftovers = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s AND datname NOT IN"
-            " (SELECT datname FROM pg_stat_activity WHERE datname IS NOT NULL)",
-            (prefix + "%",),
+        names = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)
         ).fetchall()
-        for (name,) in leftovers:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        for (name,) in names:
+            # A run's database is named after its pid: drop only those whose run is gone.
+            if not _alive(int(name.rsplit("_", 1)[1])):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{test_db}"')
     os.environ["DATABASE_URL"] = _with_db(database_url, test_db)
     os.environ["BROKER_URL"] = re.sub(r"/\d*$", "", broker_url.rstrip("/")) + "/9"

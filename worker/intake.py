@@ -155,9 +155,11 @@ def request_reversal(
     """Decide a reversal request (SPEC §4, §5) and, if accepted, enqueue it."""
     event = get_event(session, brand_id, event_id, lock=True)
     if event.status == EventStatus.REVERSED:
-        return ReversalAnswer(200, event)
+        return ReversalAnswer(200, event, _as_is(session, event) if dry_run else None)
     if event.reversal_status in (ReversalStatus.PENDING, ReversalStatus.PROCESSING):
         # Already accepted and in flight: the same answer again, nothing new enqueued.
+        if dry_run:
+            return ReversalAnswer(200, event, _as_is(session, event))
         return ReversalAnswer(202, event)
     reversible = event.status == EventStatus.RESOLVED or (
         event.status == EventStatus.FAILED and event.reversal_status == ReversalStatus.FAILED
@@ -212,6 +214,11 @@ def _why_not(event: Event) -> str:
     if event.status == EventStatus.FAILED:
         return "event failed when it was processed and changed nothing; there is nothing to reverse"
     return f"event is {event.status} and cannot be reversed"
+
+
+def _as_is(session: Session, event: Event) -> dict[str, Any]:
+    """A dry run where a real request would change nothing: the event as it stands."""
+    return {**event_view(session, event), "dry_run": True}
 
 
 def _dry_run(session: Session, event: Event, shortfall: str | None, brand: Brand) -> dict[str, Any]:

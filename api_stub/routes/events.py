@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic_core import to_jsonable_python
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_stub.deps import CurrentBrand, transaction
@@ -124,15 +125,21 @@ def reverse(
         )
         view = answer.view if answer.view is not None else event_view(session, answer.event)
         if idempotency_key is not None and not body.dry_run:
-            session.add(
-                IdempotencyKey(
-                    brand_id=who.brand_id,
-                    key=idempotency_key,
-                    request_hash=fingerprint,
-                    status_code=answer.status_code,
-                    response={"data": view},
-                )
+            stored = IdempotencyKey(
+                brand_id=who.brand_id,
+                key=idempotency_key,
+                request_hash=fingerprint,
+                status_code=answer.status_code,
+                response={"data": view},
             )
+            try:
+                with session.begin_nested():
+                    session.add(stored)
+            except IntegrityError:
+                # A concurrent request with the same key committed first: answer as it did.
+                replay = _replay(session, who.brand_id, idempotency_key, fingerprint)
+                if replay is not None:
+                    return replay
     if answer.status_code == 202:
         REVERSALS_ACCEPTED.inc()
     return _json(answer.status_code, view)

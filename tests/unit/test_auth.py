@@ -14,7 +14,7 @@ from api_stub.auth import AuthError, decode_token, hash_key, issue_token
 from worker.models import ApiKey
 from worker.settings import Settings
 
-SETTINGS = Settings(jwt_secret="unit-secret-0123456789abcdef0123456789", database_url="x")
+SETTINGS = Settings(jwt_secret="unit-secret-" + "0123456789abcdef" * 4, database_url="x")
 
 
 def _key() -> ApiKey:

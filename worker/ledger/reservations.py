@@ -103,6 +103,7 @@ def release(ctx: Context, lines: list[Line], redemptions: list[Redemption]) -> N
     for line in lines:
         if line.state == LineState.PENDING:
             line.state = LineState.DROPPED.value
+            line.remaining = 0  # never entered the wallet; nothing of it remains
 
 
 def cancel(event: Event, now: datetime | None = None) -> None:

@@ -125,15 +125,16 @@ def event_view(session: Session, event: Event) -> dict[str, Any]:
         )
     )
     missing = {tx.line_id for tx in txs if tx.line_id and tx.line_id not in lines}
-    allocations = list(
-        session.execute(
+    allocations: list[tuple[Allocation, Line]] = [
+        (allocation, line)
+        for allocation, line in session.execute(
             select(Allocation, Line)
             .join(Redemption, Redemption.id == Allocation.redemption_id)
             .join(Line, Line.id == Allocation.line_id)
             .where(Redemption.event_id == event.id)
             .order_by(Redemption.id, Allocation.id)
-        ).tuples()
-    )
+        )
+    ]
     other_lines = {line.id: line for _, line in allocations}
     if missing - other_lines.keys():
         for line in session.scalars(select(Line).where(Line.id.in_(missing))):

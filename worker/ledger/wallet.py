@@ -172,10 +172,9 @@ def return_points(ctx: Context, line: Line, amount: int) -> None:
         creditor = ctx.session.get_one(Line, settlement.creditor_line_id)
         settlement.amount -= back
         amount -= back
-        # The creditor's points move back without a transaction: the balance is unchanged.
-        creditor.remaining += back
-        if is_past(creditor.expiration_date, ctx.now):
-            expire_now(ctx, creditor, "returned to a line that has expired")
+        # The creditor's points move back without a transaction (the balance is
+        # unchanged), and the same way: through its own settlements, then its date.
+        return_points(ctx, creditor, back)
     line.remaining += amount
     if line.remaining > line.amount:
         raise InconsistentLedger(f"line {line.id} would hold more than it was issued")
