@@ -23,6 +23,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "task_default_queue": settings.queue,
+        "worker_consumer": "worker.poison:Consumer",
+        # A publish that cannot reach the broker gives up fast: the row is
+        # committed, the request answered, and the sweeper publishes later.
+        "broker_connection_timeout": 2,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,

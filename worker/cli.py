@@ -260,5 +260,14 @@ DEMO_POINTS = uuid.UUID("00000000-0000-4000-8000-000000000001")
 DEMO_CAMPAIGN = uuid.UUID("00000000-0000-4000-8000-000000000002")
 
 
+def _register() -> None:
+    from worker.dead_letters import dlq
+
+    main.add_command(dlq)
+
+
+_register()
+
+
 if __name__ == "__main__":
     sys.exit(main())

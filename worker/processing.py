@@ -9,6 +9,7 @@ nothing: that is what makes redelivery, duplicate publishes and replays safe.
 
 from __future__ import annotations
 
+import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from worker.db import unit_of_work
-from worker.ledger.errors import LedgerError
+from worker.ledger.errors import InsufficientBalance, LedgerError, ShortfallRefused
 from worker.ledger.record import record_event
 from worker.ledger.reverse import reverse_event
 from worker.ledger.wallet import utcnow
@@ -26,6 +27,8 @@ from worker.settings import get_settings
 
 log = structlog.get_logger(__name__)
 
+# Refusals are the ledger's answer to the request, not faults: FAILED, no dead letter.
+REFUSALS = (InsufficientBalance, ShortfallRefused)
 IN_FLIGHT = (EventStatus.PENDING.value, EventStatus.PROCESSING.value)
 SessionFactory = Callable[[], Session] | None
 
@@ -88,7 +91,17 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
             outcome = event.status
     except LedgerError as exc:
         bound.info("event_failed", error=str(exc))
-        fail_event(event_id, message_id, str(exc), factory)
+        letter = None
+        if not isinstance(exc, REFUSALS):
+            # Not a business refusal: the ledger itself is wrong. Keep it for an operator.
+            letter = {
+                "task_name": "reversals.reverse_event" if reversal else "reversals.process_event",
+                "task_id": message_id,
+                "payload": {"args": [str(event_id), message_id]},
+                "traceback": traceback.format_exc(),
+                "attempts": attempts,
+            }
+        fail_event(event_id, message_id, str(exc), factory, dead_letter=letter)
         return EventStatus.FAILED.value
     bound.info("event_done", outcome=outcome, reversal=reversal)
     return outcome

@@ -18,6 +18,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from worker import poison  # noqa: F401 - connects the poison-message signal handlers
 from worker.celery_app import app
 from worker.maintenance import expire_lines, expire_reservations
 from worker.processing import fail_event, handle_message
