@@ -24,7 +24,12 @@ MAX_KEPT_BODY = 64 * 1024  # what of a poison body is kept: enough to diagnose i
 def _body_text(message: Any) -> str:
     body = getattr(message, "body", b"")
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
-    return text[:MAX_KEPT_BODY]
+    return _printable(text[:MAX_KEPT_BODY])
+
+
+def _printable(text: str) -> str:
+    # PostgreSQL text and jsonb refuse NUL; poison bodies are exactly where it appears.
+    return text.replace("\x00", "\\x00")
 
 
 def keep(task_name: str, task_id: str | None, message: Any, error: str) -> None:
@@ -41,7 +46,7 @@ def keep(task_name: str, task_id: str | None, message: Any, error: str) -> None:
     }
     try:
         with unit_of_work() as session:
-            record_dead_letter(session, None, letter, error, utcnow())
+            record_dead_letter(session, None, letter, _printable(error), utcnow())
     except Exception:
         # The message is gone either way; the log line is what remains.
         log.exception("dead_letter_write_failed", task_name=task_name, task_id=task_id)
