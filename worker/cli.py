@@ -146,6 +146,61 @@ def brand_create(name: str, as_json: bool) -> None:
         click.echo(f"brand_id: {brand_id}\napi_key:  {key}\n(the key is shown once: keep it)")
 
 
+@brand.command("add-key")
+@click.argument("brand_id", type=click.UUID)
+@click.option(
+    "--json", "as_json", is_flag=True, help='print {"brand_id", "key_id", "prefix", "api_key"}'
+)
+def brand_add_key(brand_id: uuid.UUID, as_json: bool) -> None:
+    """Give a brand another API key (to rotate: add one, move clients, revoke the old)."""
+    from api_stub.auth import PREFIX_LENGTH, create_api_key, find_key
+    from worker.db import unit_of_work
+    from worker.models import Brand
+
+    _urls()
+    with unit_of_work() as session:
+        if session.get(Brand, brand_id) is None:
+            raise click.ClickException(f"no brand {brand_id}")
+        key = create_api_key(session, brand_id)
+        key_id = str(find_key(session, key).id)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "brand_id": str(brand_id),
+                    "key_id": key_id,
+                    "prefix": key[:PREFIX_LENGTH],
+                    "api_key": key,
+                }
+            )
+        )
+    else:
+        click.echo(f"key_id:  {key_id}\napi_key: {key}\n(the key is shown once: keep it)")
+
+
+@brand.command("revoke-key")
+@click.argument("key_prefix")
+@click.option("--brand", "brand_id", type=click.UUID, default=None, help="only this brand's keys")
+def brand_revoke_key(key_prefix: str, brand_id: uuid.UUID | None) -> None:
+    """Revoke an API key by its prefix (rk_ and 5 characters), its id or the whole key.
+
+    Its tokens stop working at once.
+    """
+    from api_stub.auth import KeyNotFound, revoke_api_key
+    from worker.db import unit_of_work
+
+    _urls()
+    try:
+        with unit_of_work() as session:
+            key = revoke_api_key(session, brand_id, key_prefix)
+            revoked = (
+                f"key {key.id} ({key.prefix}) of brand {key.brand_id} revoked at {key.revoked_at}"
+            )
+    except KeyNotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(revoked)
+
+
 @main.command()
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
@@ -261,12 +316,27 @@ DEMO_CAMPAIGN = uuid.UUID("00000000-0000-4000-8000-000000000002")
 
 
 def _register() -> None:
+    from worker.chaos import chaos_command
     from worker.dead_letters import dlq
 
     main.add_command(dlq)
+    main.add_command(chaos_command)
+    try:
+        from bench.run import bench
+    except ModuleNotFoundError as exc:  # an image built without bench/ (a dev tool) still runs
+        if exc.name not in ("bench", "bench.run"):
+            raise
+    else:
+        main.add_command(bench)
 
 
 _register()
+
+from worker.seed import seed_command  # noqa: E402 - registered once `main` exists
+from worker.status import status  # noqa: E402 - registered once `main` exists
+
+main.add_command(seed_command)
+main.add_command(status)
 
 
 if __name__ == "__main__":
