@@ -6,14 +6,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_stub import errors
 from api_stub.errors import error_response
-from api_stub.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from api_stub.metrics import (
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    RequestLog,
+    bind_log_context,
+    route_template,
+)
+from api_stub.ratelimit import rate_limit
 from api_stub.routes import admin, auth, customers, events, health
 from worker.db import get_sessionmaker
 from worker.settings import Settings, get_settings
@@ -81,8 +88,7 @@ class Metrics:
         try:
             await self.app(scope, receive, record)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = route_template(scope)
             HTTP_REQUESTS.labels(scope["method"], path, str(status[0])).inc()
             HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
 
@@ -95,18 +101,24 @@ def create_app(
         title="Loyalty event reversals",
         version="0.1.0",
         description="Reverses loyalty-program events; see SPEC §4.",
+        dependencies=[Depends(bind_log_context)],
     )
     app.state.settings = settings
     app.state.session_factory = session_factory or get_sessionmaker()
     errors.install(app)
     app.include_router(auth.router, prefix=STOREFRONT, tags=["auth"])
-    app.include_router(events.router, prefix=STOREFRONT, tags=["events"])
-    app.include_router(customers.router, prefix=STOREFRONT, tags=["customers"])
+    # The intake is rate-limited per brand; /auth/authorize and health are not.
+    limited = [Depends(rate_limit)]
+    app.include_router(events.router, prefix=STOREFRONT, tags=["events"], dependencies=limited)
+    app.include_router(
+        customers.router, prefix=STOREFRONT, tags=["customers"], dependencies=limited
+    )
     app.include_router(admin.router, prefix=ADMIN, tags=["admin"])
     app.include_router(health.router, tags=["health"])
     app.include_router(health.router, prefix=STOREFRONT, tags=["health"], include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Metrics)
+    app.add_middleware(RequestLog)
     return app
 
 

@@ -25,6 +25,7 @@ from worker.settings import Settings
 
 ALGORITHM = "HS256"
 KEY_PREFIX = "rk_"
+PREFIX_LENGTH = 8  # what an operator sees of a key, and names it by to revoke it
 
 
 class AuthError(Exception):
@@ -53,7 +54,9 @@ def create_brand(
 
 def create_api_key(session: Session, brand_id: uuid.UUID) -> str:
     api_key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(brand_id=brand_id, key_hash=hash_key(api_key), prefix=api_key[:8]))
+    session.add(
+        ApiKey(brand_id=brand_id, key_hash=hash_key(api_key), prefix=api_key[:PREFIX_LENGTH])
+    )
     session.flush()
     return api_key
 
@@ -93,6 +96,41 @@ def decode_token(settings: Settings, token: str) -> Principal:
         return Principal(brand_id=uuid.UUID(claims["sub"]), key_id=uuid.UUID(claims["kid"]))
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise AuthError("invalid or expired token") from exc
+
+
+class KeyNotFound(LookupError):
+    pass
+
+
+def revoke_api_key(session: Session, brand_id: uuid.UUID | None, prefix_or_id: str) -> ApiKey:
+    """Revoke one key, named by its id, its 8-character prefix or the whole key.
+
+    `brand_id` None searches every brand (the operator's CLI). A prefix that names
+    more than one live key is refused rather than guessed at. Revoking a revoked key
+    changes nothing; its tokens stop at once, since each request checks the key.
+    """
+    value = prefix_or_id.strip()
+    query = select(ApiKey)
+    if brand_id is not None:
+        query = query.where(ApiKey.brand_id == brand_id)
+    try:
+        query = query.where(ApiKey.id == uuid.UUID(value))
+    except ValueError:
+        if len(value) > PREFIX_LENGTH:
+            query = query.where(ApiKey.key_hash == hash_key(value))
+        else:
+            query = query.where(ApiKey.prefix == value)
+    keys = list(session.scalars(query.with_for_update()))
+    if not keys:
+        raise KeyNotFound(f"no API key matches {value!r}")
+    live = [k for k in keys if k.revoked_at is None]
+    if len(live) > 1:
+        raise KeyNotFound(f"{len(live)} live keys start with {value!r}: name one by its id")
+    key = live[0] if live else keys[0]
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
 
 
 def key_is_live(session: Session, principal: Principal) -> bool:

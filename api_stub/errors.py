@@ -68,6 +68,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's refusal of a body its JSON parser gave up on (bad UTF-8, nesting
+            # or a number too large): malformed JSON, so 422 by the convention above.
+            return error_response(422, "malformed_json", "request body is not valid JSON")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(
             exc.status_code, code, str(exc.detail), None, dict(exc.headers) if exc.headers else None

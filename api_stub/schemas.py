@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -14,6 +16,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StringConstraints,
+    model_validator,
 )
 
 # Bounded so that no sum of amounts can overflow the ledger's 64-bit integers.
@@ -23,8 +26,41 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 ShortfallPolicy = Literal["negative", "clamp", "fail"]
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_DEPTH = 32  # of nested objects and arrays in a body; pydantic's serializer stops at 255
+
+
+def refuse_unstorable(value: Any) -> Any:
+    """Refuse what PostgreSQL or the JSON encoder cannot take, anywhere in a body: NUL,
+    an unpaired surrogate, a non-finite number, nesting deeper than MAX_DEPTH.
+    A 422 here, not a 500 at the INSERT or when the answer is encoded."""
+    stack: list[tuple[str, int, Any]] = [("", 0, value)]
+    while stack:
+        where, depth, item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item or _SURROGATE.search(item):
+                raise ValueError(f"{where or 'text'} contains NUL or an unpaired surrogate")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where or 'number'} is not a finite number")
+        elif isinstance(item, dict | list | tuple) and depth >= MAX_DEPTH:
+            raise ValueError(f"{where} is nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                # ascii(): the path goes into the error message, which must itself be valid text.
+                path = f"{where}.{ascii(key)[1:-1][:40]}" if where else ascii(key)[1:-1][:40]
+                stack.extend(((path, depth + 1, key), (path, depth + 1, inner)))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{where}[{i}]", depth + 1, inner) for i, inner in enumerate(item))
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        return refuse_unstorable(data)
 
 
 class AccumulateIn(Strict):
@@ -91,7 +127,8 @@ class CampaignIn(Strict):
 
 
 class TierIn(Strict):
-    name: Name
+    # 100, not Name's 200: the worker writes it to customers.tier, a varchar(100).
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
     min_points: Annotated[StrictInt, Field(ge=0, le=1_000_000_000_000)]
 
 

@@ -52,6 +52,7 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
         event = session.get(Event, event_id, with_for_update=True)
         if event is None:
             raise LedgerError(f"event {event_id} does not exist")
+        structlog.contextvars.bind_contextvars(brand_id=str(event.brand_id))
         if event.queue_message_id != message_id or event.status not in IN_FLIGHT:
             bound.info("message_ignored", status=event.status)
             return "IGNORED"

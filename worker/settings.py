@@ -43,7 +43,17 @@ class Settings(BaseSettings):
     task_retry_base_delay: float = Field(default=1.0, gt=0)
     db_pool_size: int = Field(default=5, ge=1)
     max_body_bytes: int = 1024 * 1024
+    # Per brand, per api process (api_stub.ratelimit): a token bucket refilled at
+    # RATE_LIMIT_PER_SECOND, holding at most RATE_LIMIT_BURST requests.
+    rate_limit_per_second: float = Field(default=200, gt=0)
+    rate_limit_burst: int = Field(default=400, ge=1)
     log_level: str = "INFO"
+    # Each worker serves its Prometheus metrics here (0: not at all); see worker.metrics.
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    # Seconds between full counts of events by status (a scan of the events table);
+    # in-flight counts, the oldest request and dead letters are exact on every scrape.
+    worker_metrics_count_interval: float = Field(default=60, ge=0)
 
     @model_validator(mode="after")
     def _timings_fit_visibility_timeout(self) -> Settings:

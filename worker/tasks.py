@@ -8,6 +8,7 @@ is kept in the dead-letter table.
 
 from __future__ import annotations
 
+import json
 import random
 import traceback
 import uuid
@@ -48,13 +49,56 @@ def backoff(retries: int) -> float:
     return random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not security
 
 
-def run(task: Any, event_id: str, message_id: str) -> str:
-    settings = get_settings()
+MAX_KEPT_PAYLOAD = 64 * 1024  # what of a bad body a dead letter keeps: enough to diagnose it
+MAX_ID_LENGTH = 64  # the width of the queue_message_id and task_id columns
+
+
+def undecodable(
+    event_id: Any, message_id: Any, extra: tuple[Any, ...], unknown: dict[str, Any]
+) -> str | None:
+    """Why a task body is not (event id, message id), or None when it is."""
+    if extra or unknown:
+        return f"unexpected arguments: {len(extra)} extra, keywords {_shown(sorted(unknown))}"
+    if not isinstance(event_id, str):
+        return f"event id is {type(event_id).__name__}, not a UUID string"
+    if not _is_uuid(event_id):
+        return f"undecodable event id {_shown(event_id)}"
+    if not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_ID_LENGTH:
+        return f"undecodable message id {_shown(message_id)}"
+    if not message_id.isprintable():  # NUL, control characters, lone surrogates
+        return f"undecodable message id {_shown(message_id)}"
+    return None
+
+
+def _is_uuid(text: str) -> bool:
+    if len(text) > MAX_ID_LENGTH:
+        return False
     try:
-        parsed = uuid.UUID(event_id)
-    except (ValueError, TypeError, AttributeError):
-        _dead_letter(task, None, message_id, f"undecodable event id {event_id!r}")
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    # ascii() escapes NUL and lone surrogates, which PostgreSQL text refuses.
+    text = ascii(value)
+    return text if len(text) <= 200 else text[:200] + f"... ({len(text)} characters)"
+
+
+def run(
+    task: Any, /, event_id: Any = None, message_id: Any = None, *extra: Any, **unknown: Any
+) -> str:
+    """One delivery. Every argument is optional so that a truncated, padded or
+    wrong-typed body reaches this check and becomes a dead letter, instead of a
+    TypeError in Celery's call that leaves only a log line."""
+    settings = get_settings()
+    problem = undecodable(event_id, message_id, extra, unknown)
+    if problem is not None:
+        log.error("undecodable_task_body", task_name=task.name, error=problem)
+        _dead_letter(task, None, message_id if isinstance(message_id, str) else "", problem)
         return "FAILED"
+    parsed = uuid.UUID(event_id)
     structlog.contextvars.bind_contextvars(
         event_id=event_id, queue_message_id=message_id, attempt=task.request.retries + 1
     )
@@ -72,11 +116,26 @@ def run(task: Any, event_id: str, message_id: str) -> str:
         structlog.contextvars.clear_contextvars()
 
 
+def _storable(args: Any, kwargs: Any) -> dict[str, Any]:
+    """The body as a dead letter keeps it: as it came when PostgreSQL can store it
+    (no NUL, no lone surrogate) and it is small, else its escaped, cut repr."""
+    body = {"args": list(args or []), "kwargs": dict(kwargs or {})}
+    try:
+        text = json.dumps(body, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")  # a lone surrogate fails here
+    except (TypeError, ValueError):
+        text = None
+    if text is not None and len(text) <= MAX_KEPT_PAYLOAD and "\\u0000" not in text:
+        return body
+    shown = ascii(body)
+    return {"unstorable": True, "repr": shown[:MAX_KEPT_PAYLOAD], "repr_length": len(shown)}
+
+
 def _dead_letter(task: Any, event_id: uuid.UUID | None, message_id: str, error: str) -> None:
     letter = {
         "task_name": task.name,
-        "task_id": task.request.id or message_id,
-        "payload": {"args": list(task.request.args or []), "kwargs": task.request.kwargs or {}},
+        "task_id": str(task.request.id or message_id)[:MAX_ID_LENGTH],
+        "payload": _storable(task.request.args, task.request.kwargs),
         "traceback": traceback.format_exc(),
         "attempts": task.request.retries + 1,
     }
@@ -84,13 +143,13 @@ def _dead_letter(task: Any, event_id: uuid.UUID | None, message_id: str, error: 
 
 
 @app.task(bind=True, name="reversals.process_event", acks_late=True)
-def process_event(self: Any, event_id: str, message_id: str) -> str:
-    return run(self, event_id, message_id)
+def process_event(self: Any, *args: Any, **kwargs: Any) -> str:
+    return run(self, *args, **kwargs)
 
 
 @app.task(bind=True, name="reversals.reverse_event", acks_late=True)
-def reverse_event(self: Any, event_id: str, message_id: str) -> str:
-    return run(self, event_id, message_id)
+def reverse_event(self: Any, *args: Any, **kwargs: Any) -> str:
+    return run(self, *args, **kwargs)
 
 
 @app.task(name="reversals.sweep", ignore_result=True)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlalchemy import select
 
+from api_stub import responses as docs
 from api_stub.deps import CurrentBrand, transaction
 from api_stub.errors import ApiError
 from api_stub.schemas import CampaignIn, RewardIn, SettingsIn, TierIn
@@ -29,7 +30,7 @@ def _taken(kind: str) -> ApiError:
     return ApiError(409, "conflict", f"this {kind} id is already taken")
 
 
-@router.put("/rewards/{reward_id}")
+@router.put("/rewards/{reward_id}", response_model=None, responses=docs.REWARD)
 def put_reward(
     reward_id: uuid.UUID, body: RewardIn, request: Request, who: CurrentBrand
 ) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def put_reward(
         return {"data": _reward_view(reward)}
 
 
-@router.get("/rewards/{reward_id}")
+@router.get("/rewards/{reward_id}", response_model=None, responses=docs.REWARD)
 def get_reward(reward_id: uuid.UUID, request: Request, who: CurrentBrand) -> dict[str, Any]:
     with transaction(request) as session:
         reward = session.get(Reward, reward_id)
@@ -55,7 +56,7 @@ def get_reward(reward_id: uuid.UUID, request: Request, who: CurrentBrand) -> dic
         return {"data": _reward_view(reward)}
 
 
-@router.get("/rewards")
+@router.get("/rewards", response_model=None, responses=docs.REWARDS)
 def list_rewards(request: Request, who: CurrentBrand) -> dict[str, Any]:
     with transaction(request) as session:
         rows = session.scalars(
@@ -64,7 +65,7 @@ def list_rewards(request: Request, who: CurrentBrand) -> dict[str, Any]:
         return {"data": [_reward_view(r) for r in rows]}
 
 
-@router.put("/campaigns/{campaign_id}")
+@router.put("/campaigns/{campaign_id}", response_model=None, responses=docs.CAMPAIGN)
 def put_campaign(
     campaign_id: uuid.UUID, body: CampaignIn, request: Request, who: CurrentBrand
 ) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def put_campaign(
         return {"data": _campaign_view(campaign)}
 
 
-@router.get("/campaigns/{campaign_id}")
+@router.get("/campaigns/{campaign_id}", response_model=None, responses=docs.CAMPAIGN)
 def get_campaign(campaign_id: uuid.UUID, request: Request, who: CurrentBrand) -> dict[str, Any]:
     with transaction(request) as session:
         campaign = session.get(Campaign, campaign_id)
@@ -90,7 +91,7 @@ def get_campaign(campaign_id: uuid.UUID, request: Request, who: CurrentBrand) ->
         return {"data": _campaign_view(campaign)}
 
 
-@router.put("/tiers")
+@router.put("/tiers", response_model=None, responses=docs.TIERS)
 def put_tiers(body: list[TierIn], request: Request, who: CurrentBrand) -> dict[str, Any]:
     names = [t.name for t in body]
     if len(set(names)) != len(names) or len(body) > 50:
@@ -102,13 +103,13 @@ def put_tiers(body: list[TierIn], request: Request, who: CurrentBrand) -> dict[s
     return {"data": tiers}
 
 
-@router.get("/tiers")
+@router.get("/tiers", response_model=None, responses=docs.TIERS)
 def get_tiers(request: Request, who: CurrentBrand) -> dict[str, Any]:
     with transaction(request) as session:
         return {"data": session.get_one(Brand, who.brand_id).settings.get("tiers", [])}
 
 
-@router.put("/settings")
+@router.put("/settings", response_model=None, responses=docs.SETTINGS)
 def put_settings(body: SettingsIn, request: Request, who: CurrentBrand) -> dict[str, Any]:
     with transaction(request) as session:
         brand = session.get_one(Brand, who.brand_id, with_for_update=True)
@@ -116,7 +117,7 @@ def put_settings(body: SettingsIn, request: Request, who: CurrentBrand) -> dict[
         return {"data": _settings_view(brand)}
 
 
-@router.get("/settings")
+@router.get("/settings", response_model=None, responses=docs.SETTINGS)
 def get_settings_(request: Request, who: CurrentBrand) -> dict[str, Any]:
     with transaction(request) as session:
         return {"data": _settings_view(session.get_one(Brand, who.brand_id))}

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
+from api_stub import responses as docs
 from api_stub.auth import AuthError, find_key, issue_token
 from api_stub.deps import settings_of, transaction
 from api_stub.errors import ApiError
@@ -13,7 +14,7 @@ from api_stub.errors import ApiError
 router = APIRouter()
 
 
-@router.get("/auth/authorize")
+@router.get("/auth/authorize", response_model=None, responses=docs.AUTHORIZE)
 def authorize(
     request: Request, x_api_key: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:

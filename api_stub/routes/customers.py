@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
+from api_stub import responses as docs
 from api_stub.deps import CurrentBrand, transaction
 from api_stub.errors import ApiError
 from worker.ledger.views import campaign_names, transaction_view, wallet_view
@@ -25,7 +26,7 @@ def _customer(
     return customer  # type: ignore[no-any-return]  # session.get on Any-typed session
 
 
-@router.get("/{customer_id}/wallet")
+@router.get("/{customer_id}/wallet", response_model=None, responses=docs.WALLET)
 def wallet(customer_id: uuid.UUID, request: Request, who: CurrentBrand) -> dict[str, Any]:
     with transaction(request) as session:
         customer = _customer(request, session, who.brand_id, customer_id)
@@ -34,12 +35,13 @@ def wallet(customer_id: uuid.UUID, request: Request, who: CurrentBrand) -> dict[
     return {"data": view}
 
 
-@router.get("/{customer_id}/transactions")
+@router.get("/{customer_id}/transactions", response_model=None, responses=docs.TRANSACTIONS)
 def transactions(
     customer_id: uuid.UUID,
     request: Request,
     who: CurrentBrand,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    # Bounded by the bigint it is compared with: a larger one is a 422, not a 500.
+    cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
     """Newest first. `next_cursor` is the position to pass as `cursor` for the next page."""

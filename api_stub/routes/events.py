@@ -13,6 +13,7 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api_stub import responses as docs
 from api_stub.deps import CurrentBrand, transaction
 from api_stub.errors import ApiError
 from api_stub.metrics import REVERSALS_ACCEPTED
@@ -34,7 +35,7 @@ def _json(status: int, data: Any) -> JSONResponse:
     return JSONResponse({"data": data}, status_code=status)
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=docs.RECORD_EVENT)
 def record(body: EventIn, request: Request, who: CurrentBrand) -> JSONResponse:
     payload = to_jsonable_python(body.model_dump())
     payload.update(
@@ -50,13 +51,13 @@ def record(body: EventIn, request: Request, who: CurrentBrand) -> JSONResponse:
     return _json(202 if created else 200, view)
 
 
-@router.get("/{event_id}")
+@router.get("/{event_id}", responses=docs.READ_EVENT)
 def read(event_id: uuid.UUID, request: Request, who: CurrentBrand) -> JSONResponse:
     with transaction(request) as session:
         return _json(200, event_view(session, get_event(session, who.brand_id, event_id)))
 
 
-@router.patch("/{event_id}/fulfill")
+@router.patch("/{event_id}/fulfill", responses=docs.FULFIL_EVENT)
 def fulfill(event_id: uuid.UUID, request: Request, who: CurrentBrand) -> JSONResponse:
     """A reserved event becomes fulfilled: its accumulations and redemptions apply now."""
     with transaction(request) as session:
@@ -64,7 +65,7 @@ def fulfill(event_id: uuid.UUID, request: Request, who: CurrentBrand) -> JSONRes
         return _json(200, event_view(session, event))
 
 
-@router.post("/reverse", status_code=202)
+@router.post("/reverse", status_code=202, responses=docs.REVERSE_BULK)
 def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JSONResponse:
     results: list[dict[str, Any]] = []
     with transaction(request) as session:
@@ -99,13 +100,16 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
     return _json(202, results)
 
 
-@router.post("/{event_id}/reverse", status_code=202)
+@router.post("/{event_id}/reverse", status_code=202, responses=docs.REVERSE_EVENT)
 def reverse(
     event_id: uuid.UUID,
     body: ReverseIn,
     request: Request,
     who: CurrentBrand,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    # No control characters (NUL above all): PostgreSQL text cannot hold NUL.
+    idempotency_key: Annotated[
+        str | None, Header(max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+    ] = None,
 ) -> JSONResponse:
     fingerprint = hashlib.sha256(
         json.dumps([str(event_id), body.model_dump()], sort_keys=True).encode()

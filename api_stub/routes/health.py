@@ -5,22 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from api_stub import responses as docs
 from api_stub.deps import transaction
 from worker.celery_app import app as celery_app
 
 router = APIRouter()
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=None, responses=docs.HEALTH)
 def healthz() -> dict[str, Any]:
     return {"data": {"status": "ok"}}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=docs.READY)
 def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
@@ -44,6 +45,6 @@ def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

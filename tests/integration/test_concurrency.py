@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Callable
@@ -73,7 +74,7 @@ def test_concurrent_reversals_of_one_customer_do_not_deadlock() -> None:
         world.request_reversal(event_id)
     messages = [world.message_id(e) for e in events]
     outcomes = _together(
-        [(lambda e=e, m=m: handle_message(e, m)) for e, m in zip(events, messages, strict=True)]
+        [functools.partial(handle_message, e, m) for e, m in zip(events, messages, strict=True)]
     )
     assert outcomes == ["REVERSED"] * len(events)
     assert world.balance(customer) == 2000

@@ -416,8 +416,8 @@ COMPOSE_MUTATIONS = [
     ),
     (
         "services.beat.healthcheck.test",
-        ["CMD-SHELL", "reversals status || exit 1"],
-        "beat: `reversals` has no subcommand 'status'",
+        ["CMD-SHELL", "reversals healthcheck || exit 1"],
+        "beat: `reversals` has no subcommand 'healthcheck'",
     ),
     (
         "services.migrate.command",

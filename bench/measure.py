@@ -1,0 +1,454 @@
+"""The measures of issue 5: drain, bulk drain, intake, end to end, growth, memory.
+
+Completion times come from PostgreSQL (`events.reversed_at`, `events.updated_at`),
+written by the worker in the transaction that reverses the event, so no polling
+interval enters a figure; polling only decides when a phase is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from bench.dataset import Factory, World
+from bench.env import Bench
+
+REASON = "bench: order refunded"
+TERMINAL = ("REVERSED", "FAILED", "CANCELLED")
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def chunks(items: Sequence[uuid.UUID], size: int) -> Iterator[Sequence[uuid.UUID]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# the worker process, seen from outside
+
+
+def _process(pid: int) -> Any:
+    import psutil  # type: ignore[import-untyped]  # psutil ships no type information
+
+    return psutil.Process(pid)
+
+
+def worker_rss_mb(pid: int) -> dict[str, Any]:
+    """Resident memory of the worker's main process and of each pool process."""
+    main = _process(pid)
+    children = {child.pid: child.memory_info().rss / 2**20 for child in main.children()}
+    return {"main_mb": main.memory_info().rss / 2**20, "children_mb": children}
+
+
+def worker_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the worker and its pool processes so far."""
+    main = _process(pid)
+    total = 0.0
+    for proc in [main, *main.children()]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds spent by everything on the machine so far (all cores)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(
+        times.user
+        + times.system
+        + getattr(times, "nice", 0.0)
+        + getattr(times, "irq", 0.0)
+        + getattr(times, "softirq", 0.0)
+    )
+
+
+@dataclass
+class Sample:
+    at: float
+    done: int
+    worker_cpu: float
+    machine_cpu: float
+
+
+@dataclass
+class Watch:
+    """Samples of progress and CPU while a worker drains, for a CPU split per item."""
+
+    worker_pid: int | None
+    samples: list[Sample] = field(default_factory=list)
+
+    def sample(self, done: int) -> None:
+        cpu = worker_cpu_s(self.worker_pid) if self.worker_pid else 0.0
+        self.samples.append(Sample(time.time(), done, cpu, machine_busy_s()))
+
+    def cpu_per_item_ms(self) -> dict[str, float] | None:
+        """Worker and other CPU per completed item, between the first and last progress."""
+        moving = [s for s in self.samples if s.done > 0]
+        if len(moving) < 2 or moving[-1].done == moving[0].done:
+            return None
+        first, last = moving[0], moving[-1]
+        items = last.done - first.done
+        worker = (last.worker_cpu - first.worker_cpu) / items * 1000
+        machine = (last.machine_cpu - first.machine_cpu) / items * 1000
+        return {
+            "worker_ms": round(worker, 3),
+            "rest_of_machine_ms": round(machine - worker, 3),
+            "wall_ms_x_cores": round((last.at - first.at) / items * 1000, 3),
+        }
+
+
+def wait_for(
+    done: Callable[[], int], total: int, timeout: float, watch: Watch | None, what: str
+) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        count = done()
+        if watch is not None:
+            watch.sample(count)
+        if count >= total:
+            return count
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: {count} of {total} done after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+# events in PostgreSQL
+
+
+def terminal_count(engine: Engine, ids: Sequence[uuid.UUID]) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM events WHERE id = ANY(:ids) AND status = ANY(:t)"),
+                {"ids": list(ids), "t": list(TERMINAL)},
+            ).scalar_one()
+        )
+
+
+def outcomes(engine: Engine, ids: Sequence[uuid.UUID]) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT status, count(*) FROM events WHERE id = ANY(:ids) GROUP BY status"),
+            {"ids": list(ids)},
+        ).all()
+    return {status: int(count) for status, count in rows}
+
+
+def completion_times(
+    engine: Engine, ids: Sequence[uuid.UUID], column: str = "reversed_at"
+) -> dict[uuid.UUID, float]:
+    """Epoch seconds at which each REVERSED event was stamped by the worker."""
+    assert column in ("reversed_at", "updated_at")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                f"SELECT id, extract(epoch FROM {column}) FROM events "  # noqa: S608 - column is one of two names
+                "WHERE id = ANY(:ids) AND status = 'REVERSED'"
+            ),
+            {"ids": list(ids)},
+        ).all()
+    return {row[0]: float(row[1]) for row in rows}
+
+
+def rate_first_to_last(times: Sequence[float]) -> float | None:
+    if len(times) < 2:
+        return None
+    span = max(times) - min(times)
+    return (len(times) - 1) / span if span > 0 else None
+
+
+# 1. drain
+
+
+def request_reversals(world: World, ids: Sequence[uuid.UUID], batch: int = 100) -> float:
+    """Accept reversals as the api does (request_reversal, commit, publish); returns per s."""
+    from worker.db import unit_of_work
+    from worker.intake import request_reversal
+
+    started = time.perf_counter()
+    for group in chunks(ids, batch):
+        with unit_of_work(world.factory) as session:
+            for event_id in group:
+                answer = request_reversal(session, world.brand_id, event_id, REASON)
+                if answer.status_code != 202:
+                    raise RuntimeError(f"reversal of {event_id} answered {answer.status_code}")
+    return len(ids) / (time.perf_counter() - started)
+
+
+def drain(
+    bench: Bench,
+    *,
+    world: World,
+    engine: Engine,
+    ids: Sequence[uuid.UUID],
+    cores: int,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """N reversals queued first, then `reversals worker` started: first to last completion."""
+    accepted_per_s = request_reversals(world, ids)
+    queued = bench.queue_length()
+    worker = bench.start_worker(cores)
+    if on_start is not None:
+        on_start(worker.pid)
+    watch = Watch(worker.pid)
+    wait_for(lambda: terminal_count(engine, ids), len(ids), 300 + len(ids), watch, "drain")
+    times = list(completion_times(engine, ids).values())
+    return {
+        "worker": worker,
+        "n": len(ids),
+        "queued_before_start": queued,
+        "outcomes": outcomes(engine, ids),
+        "per_s": rate_first_to_last(times),
+        "span_s": max(times) - min(times) if times else None,
+        "in_process_accept_per_s": accepted_per_s,
+        "cpu_per_reversal": watch.cpu_per_item_ms(),
+    }
+
+
+# 2. bulk drain
+
+
+def bulk_drain(
+    base: str,
+    token: str,
+    *,
+    engine: Engine,
+    ids: Sequence[uuid.UUID],
+    chunk: int,
+    worker_pid: int,
+) -> dict[str, Any]:
+    """The same through POST /behavior/events/reverse, with the worker running: from the
+    first request sent to the last reversal done (what a client with a refund batch sees)."""
+    import httpx
+
+    watch = Watch(worker_pid)
+    calls: list[float] = []
+    started = time.time()
+    with httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=300
+    ) as http:
+        for group in chunks(ids, chunk):
+            body = {"events": [{"id": str(i), "reason": REASON} for i in group]}
+            t = time.perf_counter()
+            answer = http.post("/api/storefront/v1/behavior/events/reverse", json=body)
+            calls.append(time.perf_counter() - t)
+            if answer.status_code != 202:
+                raise RuntimeError(f"bulk answered {answer.status_code}: {answer.text[:300]}")
+            refused = [r for r in answer.json()["data"] if r["status"] != "ACCEPTED"]
+            if refused:
+                raise RuntimeError(f"bulk refused {len(refused)} item(s): {refused[:3]}")
+    submitted = time.time()
+    wait_for(lambda: terminal_count(engine, ids), len(ids), 300 + len(ids), watch, "bulk")
+    times = list(completion_times(engine, ids).values())
+    last = max(times)
+    return {
+        "n": len(ids),
+        "outcomes": outcomes(engine, ids),
+        "per_s": len(times) / (last - started),
+        "submit_per_s": len(ids) / (submitted - started),
+        "call_s_median": statistics.median(calls),
+        "completion_first_to_last_per_s": rate_first_to_last(times),
+        "cpu_per_reversal": watch.cpu_per_item_ms(),
+    }
+
+
+# 3. intake
+
+
+async def _intake(
+    base: str, token: str, ids: Sequence[uuid.UUID], concurrency: int, seconds: float
+) -> dict[str, Any]:
+    import httpx
+
+    pool = iter(ids)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30, limits=limits
+    ) as http:
+        started = time.perf_counter()
+        deadline = started + seconds
+        ran_out = False
+
+        async def user() -> None:
+            nonlocal ran_out
+            while time.perf_counter() < deadline:
+                event_id = next(pool, None)
+                if event_id is None:
+                    ran_out = True
+                    return
+                t = time.perf_counter()
+                try:
+                    answer = await http.post(
+                        f"/api/storefront/v1/behavior/events/{event_id}/reverse",
+                        json={"reason": REASON},
+                    )
+                    status = str(answer.status_code)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                latencies.append(time.perf_counter() - t)
+                statuses[status] = statuses.get(status, 0) + 1
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    accepted = statuses.get("202", 0)
+    return {
+        "seconds": elapsed,
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "statuses": dict(sorted(statuses.items())),
+        "per_s": accepted / elapsed,
+        "p50_ms": _ms(percentile(latencies, 50)),
+        "p99_ms": _ms(percentile(latencies, 99)),
+        "ran_out_of_events": ran_out,
+    }
+
+
+def intake(
+    base: str, token: str, ids: Sequence[uuid.UUID], concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """Single reversal requests over HTTP at a fixed concurrency, for a fixed time."""
+    return asyncio.run(_intake(base, token, ids, concurrency, seconds))
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+# 4. end to end
+
+
+async def _steady(
+    base: str, token: str, ids: Sequence[uuid.UUID], rate: float
+) -> tuple[dict[uuid.UUID, float], list[float], dict[str, int]]:
+    import httpx
+
+    sent: dict[uuid.UUID, float] = {}
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    # No cap on connections: an open loop must not wait for the client's own pool when
+    # the api falls behind; a request that still fails is counted, not retried.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=base,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(120, pool=None),
+        limits=limits,
+    ) as http:
+
+        async def one(event_id: uuid.UUID) -> None:
+            at = time.time()
+            t = time.perf_counter()
+            try:
+                answer = await http.post(
+                    f"/api/storefront/v1/behavior/events/{event_id}/reverse",
+                    json={"reason": REASON},
+                )
+            except httpx.HTTPError as exc:
+                statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
+                return
+            latencies.append(time.perf_counter() - t)
+            statuses[str(answer.status_code)] = statuses.get(str(answer.status_code), 0) + 1
+            if answer.status_code == 202:
+                sent[event_id] = at
+
+        started = time.perf_counter()
+        tasks = []
+        for i, event_id in enumerate(ids):
+            # Open loop: each request leaves at its own time, whatever the earlier ones do.
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(event_id)))
+        await asyncio.gather(*tasks)
+    return sent, latencies, statuses
+
+
+def end_to_end(
+    base: str, token: str, engine: Engine, ids: Sequence[uuid.UUID], rate: float
+) -> dict[str, Any]:
+    """Requests at a steady rate; latency from the request leaving to the event REVERSED."""
+    started = time.time()
+    sent, http_latencies, statuses = asyncio.run(_steady(base, token, ids, rate))
+    sending = time.time() - started
+    accepted = list(sent)
+    # Bounded, but at least a second per request: a worker slower than the rate
+    # leaves a backlog, and its latency is exactly what this measures.
+    wait_for(
+        lambda: terminal_count(engine, accepted), len(accepted), 300 + len(accepted), None, "e2e"
+    )
+    # updated_at is stamped after the ledger work, just before the commit.
+    done = completion_times(engine, accepted, "updated_at")
+    latencies = [done[i] - sent[i] for i in accepted if i in done]
+    return {
+        "rate": rate,
+        "requests": len(ids),
+        "achieved_rate": len(ids) / sending,
+        "statuses": dict(sorted(statuses.items())),
+        "reversed": len(done),
+        "p50_ms": _ms(percentile(latencies, 50)),
+        "p99_ms": _ms(percentile(latencies, 99)),
+        "max_ms": _ms(max(latencies) if latencies else None),
+        "http_p99_ms": _ms(percentile(http_latencies, 99)),
+    }
+
+
+# 5. growth (in this process: the worker's own function, timed alone)
+
+
+def reverse_now(world: World, event_id: uuid.UUID, factory: Factory | None = None) -> float:
+    """Accept a reversal, then deliver it as the worker does; returns the delivery's seconds."""
+    from worker.db import unit_of_work
+    from worker.intake import request_reversal
+    from worker.processing import handle_message
+
+    factory = factory or world.factory
+    with unit_of_work(factory) as session:
+        message_id = request_reversal(
+            session, world.brand_id, event_id, REASON
+        ).event.queue_message_id
+    started = time.perf_counter()
+    outcome = handle_message(event_id, message_id, factory)
+    elapsed = time.perf_counter() - started
+    if outcome != "REVERSED":
+        raise RuntimeError(f"growth reversal of {event_id} ended {outcome}")
+    return elapsed
+
+
+def line_growth(world: World, sizes: Sequence[int], repeats: int) -> dict[str, Any]:
+    """Time per line of one reversal, for events of each size (median of `repeats`)."""
+    reverse_now(world, world.many_lines(1))  # warm-up: first use of every statement
+    per_line: dict[str, float] = {}
+    latency: dict[str, float] = {}
+    for size in sizes:
+        runs = [reverse_now(world, world.many_lines(size)) for _ in range(repeats)]
+        median = statistics.median(runs)
+        latency[str(size)] = round(median * 1000, 3)
+        per_line[str(size)] = round(median * 1000 / size, 4)
+    return {"reversal_ms": latency, "per_line_ms": per_line, "repeats": repeats}
+
+
+def ledger_probe(world: World, ids: Sequence[uuid.UUID]) -> dict[str, Any]:
+    runs = [reverse_now(world, event_id) for event_id in ids]
+    return {
+        "median_ms": _ms(statistics.median(runs)),
+        "p90_ms": _ms(percentile(runs, 90)),
+        "n": len(runs),
+    }
