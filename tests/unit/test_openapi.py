@@ -1,8 +1,8 @@
 """The OpenAPI document (/openapi.json, /docs) says what the API answers (SPEC §4).
 
 1. The reverse endpoint's 202 schema holds every field of the seed document's
-   JSON example (docs/seed/reverse-event-api.txt, a copy of ../shared/seed/), nested objects and lists
-   included, each required and of the example's type, with the seed's enums.
+   JSON example (docs/seed/reverse-event-api.txt, a copy of ../shared/seed/), nested
+   objects and lists included, each required and of the example's type, with its enums.
 2. Every route declares the error envelope for its 4xx answers.
 3. Real answers, made through the app on the real database, validate against the
    declared models (which forbid unknown fields): the document describes the
