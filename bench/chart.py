@@ -128,7 +128,8 @@ def _ledger(ax: Any, r: dict[str, Any]) -> None:
     ax.lines[-1].set_label("p90")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(_plain))
-    ax.set_ylim(bottom=0)
+    p90s = [v["p90_ms"] for v in by_lines.values()]
+    ax.set_ylim(0, 1.15 * max([*p90s, 1.5 * medians[0]] if medians else [1.0]))
     ax.set_xlabel("lines in the ledger (log scale)")
     ax.set_ylabel("ms")
     ax.set_title("Growth: one reversal's latency")

@@ -140,7 +140,8 @@ class Bench:
     server_url: str = ""  # DATABASE_URL as given (or the embedded server's)
     broker_url: str = ""
     url: str = ""  # the bench database
-    ledger_url: str = ""  # the ledger-growth database (starts empty)
+    # The ledger-growth databases: a small ledger and a large one, probed in turn.
+    ledger_urls: tuple[str, str] = ("", "")
     queue: str = ""
     embedded: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="reversals-bench-")))
@@ -165,7 +166,10 @@ class Bench:
         pid = os.getpid()
         prefix = f"{db_name(self.server_url)}_bench_"
         self.url = with_db(self.server_url, f"{prefix}{pid}")
-        self.ledger_url = with_db(self.server_url, f"{prefix}{pid}_ledger")
+        self.ledger_urls = (
+            with_db(self.server_url, f"{prefix}{pid}_small"),
+            with_db(self.server_url, f"{prefix}{pid}_large"),
+        )
         self.queue = f"reversals_bench_{pid}"
         with psycopg.connect(self.server_url, autocommit=True) as conn:
             stale = conn.execute(
@@ -176,7 +180,7 @@ class Bench:
                 # A run's databases carry its pid: drop only those whose run is gone.
                 if owner.isdigit() and not _alive(int(owner)):
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            for url in (self.url, self.ledger_url):
+            for url in (self.url, *self.ledger_urls):
                 conn.execute(f'CREATE DATABASE "{db_name(url)}"')
                 self._dbs.append(db_name(url))
         os.environ.update(self.child_env())
@@ -184,8 +188,8 @@ class Bench:
         self._drop_broker_keys(lambda pid: not _alive(pid))
         from worker.migrate import upgrade
 
-        upgrade(self.url)
-        upgrade(self.ledger_url)
+        for url in (self.url, *self.ledger_urls):
+            upgrade(url)
 
     def child_env(self) -> dict[str, str]:
         """What every process of the bench runs with, on top of the caller's environment."""

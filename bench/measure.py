@@ -8,6 +8,7 @@ interval enters a figure; polling only decides when a phase is over.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -106,10 +107,12 @@ class Watch:
         items = last.done - first.done
         worker = (last.worker_cpu - first.worker_cpu) / items * 1000
         machine = (last.machine_cpu - first.machine_cpu) / items * 1000
+        wall = (last.at - first.at) / items * 1000
         return {
-            "worker_ms": round(worker, 3),
-            "rest_of_machine_ms": round(machine - worker, 3),
-            "wall_ms_x_cores": round((last.at - first.at) / items * 1000, 3),
+            "worker_cpu_ms": round(worker, 3),
+            "rest_of_machine_cpu_ms": round(machine - worker, 3),
+            "wall_ms": round(wall, 3),
+            "machine_cpu_capacity_ms": round(wall * (os.cpu_count() or 1), 3),
         }
 
 
@@ -337,10 +340,11 @@ def _ms(seconds: float | None) -> float | None:
 
 async def _steady(
     base: str, token: str, ids: Sequence[uuid.UUID], rate: float
-) -> tuple[dict[uuid.UUID, float], list[float], dict[str, int]]:
+) -> tuple[dict[uuid.UUID, float], list[float], list[float], dict[str, int]]:
     import httpx
 
     sent: dict[uuid.UUID, float] = {}
+    left: list[float] = []  # when each request actually left
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     # No cap on connections: an open loop must not wait for the client's own pool when
@@ -355,6 +359,7 @@ async def _steady(
 
         async def one(event_id: uuid.UUID) -> None:
             at = time.time()
+            left.append(at)
             t = time.perf_counter()
             try:
                 answer = await http.post(
@@ -378,16 +383,14 @@ async def _steady(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(event_id)))
         await asyncio.gather(*tasks)
-    return sent, latencies, statuses
+    return sent, left, latencies, statuses
 
 
 def end_to_end(
     base: str, token: str, engine: Engine, ids: Sequence[uuid.UUID], rate: float
 ) -> dict[str, Any]:
     """Requests at a steady rate; latency from the request leaving to the event REVERSED."""
-    started = time.time()
-    sent, http_latencies, statuses = asyncio.run(_steady(base, token, ids, rate))
-    sending = time.time() - started
+    sent, left, http_latencies, statuses = asyncio.run(_steady(base, token, ids, rate))
     accepted = list(sent)
     # Bounded, but at least a second per request: a worker slower than the rate
     # leaves a backlog, and its latency is exactly what this measures.
@@ -400,7 +403,7 @@ def end_to_end(
     return {
         "rate": rate,
         "requests": len(ids),
-        "achieved_rate": len(ids) / sending,
+        "sent_rate": rate_first_to_last(left),
         "statuses": dict(sorted(statuses.items())),
         "reversed": len(done),
         "p50_ms": _ms(percentile(latencies, 50)),
@@ -433,22 +436,34 @@ def reverse_now(world: World, event_id: uuid.UUID, factory: Factory | None = Non
 
 
 def line_growth(world: World, sizes: Sequence[int], repeats: int) -> dict[str, Any]:
-    """Time per line of one reversal, for events of each size (median of `repeats`)."""
+    """Time per line of one reversal, for events of each size (median of `repeats`).
+
+    The sizes take turns, round after round, so that a change in the machine's load
+    during the phase falls on every size alike.
+    """
     reverse_now(world, world.many_lines(1))  # warm-up: first use of every statement
+    runs: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(repeats):
+        for size in sizes:
+            runs[size].append(reverse_now(world, world.many_lines(size)))
     per_line: dict[str, float] = {}
     latency: dict[str, float] = {}
     for size in sizes:
-        runs = [reverse_now(world, world.many_lines(size)) for _ in range(repeats)]
-        median = statistics.median(runs)
+        median = statistics.median(runs[size])
         latency[str(size)] = round(median * 1000, 3)
         per_line[str(size)] = round(median * 1000 / size, 4)
     return {"reversal_ms": latency, "per_line_ms": per_line, "repeats": repeats}
 
 
-def ledger_probe(world: World, ids: Sequence[uuid.UUID]) -> dict[str, Any]:
-    runs = [reverse_now(world, event_id) for event_id in ids]
-    return {
-        "median_ms": _ms(statistics.median(runs)),
-        "p90_ms": _ms(percentile(runs, 90)),
-        "n": len(runs),
-    }
+def ledger_probe(
+    worlds: Sequence[World], ids: Sequence[Sequence[uuid.UUID]]
+) -> list[dict[str, Any]]:
+    """One reversal in each ledger in turn (A, B, A, B, ...): latency per ledger."""
+    runs: list[list[float]] = [[] for _ in worlds]
+    for round_ids in zip(*ids, strict=True):
+        for i, (world, event_id) in enumerate(zip(worlds, round_ids, strict=True)):
+            runs[i].append(reverse_now(world, event_id))
+    return [
+        {"median_ms": _ms(statistics.median(r)), "p90_ms": _ms(percentile(r, 90)), "n": len(r)}
+        for r in runs
+    ]

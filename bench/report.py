@@ -98,12 +98,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("anchor (d): pgbench TPC-B-like", _fmt(r["anchor_pgbench_tps"], " tps")),
         (
             "time per line, by event size",
-            ", ".join(f"{k}: {v:g} ms" for k, v in r["line_growth"]["per_line_ms"].items()),
+            ", ".join(f"{k}: {v:.2f} ms" for k, v in r["line_growth"]["per_line_ms"].items()),
         ),
         (
             "one reversal, by ledger size",
             ", ".join(
-                f"{int(k):,} lines: {v['median_ms']:g} ms"
+                f"{int(k):,} lines: {v['median_ms']:.1f} ms"
                 for k, v in r["ledger_growth"]["by_lines"].items()
             ),
         ),

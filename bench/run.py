@@ -9,6 +9,7 @@ size (the worker's own function, timed in this process) → report.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -72,9 +73,16 @@ class Progress:
 
         self.console = Console(stderr=True)
         self.started = time.perf_counter()
+        # Each phase's start and the machine's load then: the machine is shared.
+        self.phases: list[dict[str, Any]] = []
 
     def __call__(self, message: str) -> None:
-        self.console.print(f"[dim]{time.perf_counter() - self.started:6.1f} s[/] {message}")
+        elapsed = time.perf_counter() - self.started
+        if not message.startswith(" "):
+            self.phases.append(
+                {"phase": message, "at_s": round(elapsed, 1), "loadavg_1m": os.getloadavg()[0]}
+            )
+        self.console.print(f"[dim]{elapsed:6.1f} s[/] {message}")
 
 
 def _quiet() -> None:
@@ -112,6 +120,7 @@ def run(scale: Scale, profile: Path | None = None) -> dict[str, Any]:
     results["machine"]["loadavg_start"] = load_start
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     say("done")
+    results["phases"] = say.phases
     return results
 
 
@@ -401,52 +410,58 @@ def _anchors(bench: Bench, scale: Scale, cores: int) -> dict[str, Any]:
 
 
 def _ledger_growth(bench: Bench, scale: Scale) -> dict[str, Any]:
-    """One reversal's latency in a ledger of the smaller size, then of the larger.
+    """One reversal's latency in a ledger of the smaller size and in one of the larger.
 
-    Its own database, so that the small ledger is really small; background
-    customers are clones of a template that has one purchase already reversed.
+    Two databases of their own, filled to each size with clones of a template that
+    has one purchase already reversed, then probed in turn (one reversal in the
+    small ledger, one in the large, ...): the machine's load, shared with others,
+    drifts over minutes and must not fall on one size only.
     """
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, text
     from sqlalchemy.orm import sessionmaker
 
     from bench import dataset, measure
     from worker.settings import get_settings, to_sqlalchemy_url
 
     settings = get_settings()
-    engine = create_engine(
-        to_sqlalchemy_url(bench.ledger_url),
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
-    )
+    warm, probes = 3, scale.ledger_probes
+    needed = warm + probes
+    engines = [
+        create_engine(
+            to_sqlalchemy_url(url),
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_pre_ping=True,
+        )
+        for url in bench.ledger_urls
+    ]
     try:
-        world = dataset.World.create(sessionmaker(bind=engine, expire_on_commit=False))
-        template = dataset.make_template(world, reversed_targets=1)
-        small, large = scale.ledger_sizes
-        warm, probes = 3, scale.ledger_probes
-        needed = warm + 2 * probes
-        clones = max(needed, math.ceil((small - dataset.count_lines(engine)) / template.lines))
-        dataset.clone(engine, template, 1, clones)
-        dataset.check(world.factory, dataset.customers(template, range(1, 4)))
-        dataset.analyze(engine)
-        ids = [dataset.derive(template.targets[0], n) for n in range(1, needed + 1)]
-        for event_id in ids[:warm]:
-            measure.reverse_now(world, event_id)
-        size_small = dataset.count_lines(engine)
-        at_small = measure.ledger_probe(world, ids[warm : warm + probes])
-        more = math.ceil((large - size_small) / template.lines)
+        worlds, ids, sizes = [], [], []
         filled = time.perf_counter()
-        dataset.clone(engine, template, clones + 1, more)
-        dataset.analyze(engine)
+        for engine, size in zip(engines, scale.ledger_sizes, strict=True):
+            world = dataset.World.create(sessionmaker(bind=engine, expire_on_commit=False))
+            template = dataset.make_template(world, reversed_targets=1)
+            clones = max(needed, math.ceil((size - dataset.count_lines(engine)) / template.lines))
+            dataset.clone(engine, template, 1, clones)
+            dataset.check(world.factory, dataset.customers(template, range(1, 4)))
+            dataset.analyze(engine)
+            worlds.append(world)
+            ids.append([dataset.derive(template.targets[0], n) for n in range(1, needed + 1)])
+            sizes.append(dataset.count_lines(engine))
         fill_s = time.perf_counter() - filled
-        size_large = dataset.count_lines(engine)
-        at_large = measure.ledger_probe(world, ids[warm + probes :])
-        dataset.check(world.factory, dataset.customers(template, range(clones + 1, clones + 4)))
+        with contextlib.suppress(Exception), engines[0].connect() as conn:
+            # The fill's dirty pages are written now, not during the probes (superuser
+            # or pg_checkpoint only; without it the probes share the disk with them).
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("CHECKPOINT"))
+        measure.ledger_probe(worlds, [i[:warm] for i in ids])
+        probed = measure.ledger_probe(worlds, [i[warm:] for i in ids])
     finally:
-        engine.dispose()
+        for engine in engines:
+            engine.dispose()
     return {
-        "by_lines": {str(size_small): at_small, str(size_large): at_large},
+        "by_lines": {str(size): result for size, result in zip(sizes, probed, strict=True)},
         "fill_seconds": round(fill_s, 1),
+        "order": "interleaved: one reversal per ledger in turn",
     }
 
 
