@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from worker.db import unit_of_work
@@ -49,25 +50,18 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
     """
     bound = log.bind(event_id=str(event_id), queue_message_id=message_id)
     with unit_of_work(factory) as session:
-        event = session.get(Event, event_id, with_for_update=True)
-        if event is None:
-            raise LedgerError(f"event {event_id} does not exist")
-        structlog.contextvars.bind_contextvars(brand_id=str(event.brand_id))
-        if event.queue_message_id != message_id or event.status not in IN_FLIGHT:
-            bound.info("message_ignored", status=event.status)
+        claimed = claim(session, event_id, message_id)
+        if claimed is None:
+            current = session.execute(
+                select(Event.brand_id, Event.status).where(Event.id == event_id)
+            ).one_or_none()
+            if current is None:
+                raise LedgerError(f"event {event_id} does not exist")
+            structlog.contextvars.bind_contextvars(brand_id=str(current.brand_id))
+            bound.info("message_ignored", status=current.status)
             return "IGNORED"
-        now = utcnow()
-        event.status = EventStatus.PROCESSING.value
-        event.processing_at = now
-        event.updated_at = now
-        reversal = is_reversal(event)
-        if reversal:
-            event.reversal_status = ReversalStatus.PROCESSING.value
-            event.reversal_attempts += 1
-            attempts = event.reversal_attempts
-        else:
-            event.attempts += 1
-            attempts = event.attempts
+        brand_id, reversal, attempts = claimed
+        structlog.contextvars.bind_contextvars(brand_id=str(brand_id))
     # A message that keeps killing its worker never reaches a retry handler:
     # count claims, and stop after the same number of tries a retry would get.
     if attempts > get_settings().task_max_retries + 1:
@@ -76,12 +70,18 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
 
     try:
         with unit_of_work(factory) as session:
-            event = session.get_one(Event, event_id, with_for_update=True)
+            # The event (locked) and its brand in one query; the brand stays in the
+            # session for the ledger's reads of its settings.
+            event, brand = session.execute(
+                select(Event, Brand)
+                .join(Brand, Brand.id == Event.brand_id)
+                .where(Event.id == event_id)
+                .with_for_update(of=Event)
+            ).one()
             if event.queue_message_id != message_id or event.status != EventStatus.PROCESSING:
                 bound.info("message_ignored", status=event.status)
                 return "IGNORED"
             if reversal:
-                brand = session.get_one(Brand, event.brand_id)
                 policy = Shortfall(
                     event.reversal_policy or brand.settings.get("shortfall") or "negative"
                 )
@@ -106,6 +106,46 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
         return EventStatus.FAILED.value
     bound.info("event_done", outcome=outcome, reversal=reversal)
     return outcome
+
+
+def claim(
+    session: Session, event_id: uuid.UUID, message_id: str
+) -> tuple[uuid.UUID, bool, int] | None:
+    """PENDING → PROCESSING and one more attempt, in one statement, if this message
+    is the event's current one and the event is in flight.
+
+    Returns (brand id, whether it is a reversal, attempts so far), or None when the
+    message is stale or the event is done or missing.
+    """
+    reversal = Event.reversal_status.in_(
+        (ReversalStatus.PENDING.value, ReversalStatus.PROCESSING.value)
+    )
+    now = utcnow()
+    row = session.execute(
+        update(Event)
+        .where(
+            Event.id == event_id,
+            Event.queue_message_id == message_id,
+            Event.status.in_(IN_FLIGHT),
+        )
+        .values(
+            status=EventStatus.PROCESSING.value,
+            processing_at=now,
+            updated_at=now,
+            # SET expressions see the row as it was: `reversal` is the old status.
+            reversal_status=case(
+                (reversal, ReversalStatus.PROCESSING.value), else_=Event.reversal_status
+            ),
+            reversal_attempts=Event.reversal_attempts + case((reversal, 1), else_=0),
+            attempts=Event.attempts + case((reversal, 0), else_=1),
+        )
+        .returning(Event.brand_id, Event.reversal_status, Event.reversal_attempts, Event.attempts)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    is_rev = row.reversal_status == ReversalStatus.PROCESSING
+    return row.brand_id, is_rev, row.reversal_attempts if is_rev else row.attempts
 
 
 def fail_event(

@@ -50,5 +50,5 @@ def expire_wallet(
         before = line.expired
         expire_now(ctx, line, "line expired")
         expired += line.expired - before
-        settle_debts(ctx, reward_id)
+        settle_debts(ctx, [reward_id])
     return expired

@@ -74,8 +74,7 @@ def record_event(session: Session, event: Event, now: datetime | None = None) ->
                 expired_at=_dt(item.get("expired_at")),
             )
         )
-    for reward_id in sorted(reward_ids):
-        settle_debts(ctx, reward_id)
+    settle_debts(ctx, reward_ids)
     recompute_tier(ctx)
     event.status = EventStatus.RESOLVED.value
     event.resolved_at = ctx.now

@@ -61,8 +61,7 @@ def fulfil(event: Event, now: datetime | None = None) -> None:
         ctx.write(line, TransactionType.ACCUMULATION, line.amount)
     for redemption in redemptions:
         _spend_holds(ctx, redemption)
-    for reward_id in sorted(ctx.wallets):
-        settle_debts(ctx, reward_id)
+    settle_debts(ctx, {ln.reward_id for ln in lines} | {r.reward_id for r in redemptions})
     recompute_tier(ctx)
     event.fulfilled = True
     snapshot(ctx)

@@ -19,6 +19,7 @@ accumulations dropped, nothing was in the wallet.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -80,24 +81,31 @@ def reverse_event(
         cancel(event, now)
         event.reversal_status = ReversalStatus.CANCELLED.value
         return ShortfallReport(policy=policy.value)
+    # Wallets first (the lock order), then everything the reversal touches, read
+    # ahead in one query per table while nothing is pending: the writes below are
+    # then flushed together, not one by one between reads.
+    ctx = load_context(session, event, now=now)
     lines = list(session.scalars(select(Line).where(Line.event_id == event.id).order_by(Line.id)))
-    redemptions = list(
-        session.scalars(
-            select(Redemption).where(Redemption.event_id == event.id).order_by(Redemption.id)
-        )
-    )
-    reward_ids = {line.reward_id for line in lines} | {r.reward_id for r in redemptions}
+    accumulations = _accumulations(session, lines)
+    given = session.execute(
+        select(Allocation, Line)
+        .join(Redemption, Redemption.id == Allocation.redemption_id)
+        .join(Line, Line.id == Allocation.line_id)
+        .where(Redemption.event_id == event.id)
+        .order_by(Redemption.id, Allocation.id)
+        .with_for_update(of=Line)
+    ).all()
     cards = list(
         session.scalars(select(GiftCard).where(GiftCard.event_id == event.id).order_by(GiftCard.id))
     )
-    reward_ids |= {card.reward_id for card in cards}
-    ctx = load_context(session, event, reward_ids, now)
+    ctx.load_settlements(line.id for _, line in given)
+    ctx.load_campaigns([line.campaign_id for line in lines] + [ln.campaign_id for _, ln in given])
     report = ShortfallReport(policy=policy.value)
 
-    for redemption in redemptions:
-        _give_back(ctx, redemption)
+    for allocation, line in given:
+        _give_back(ctx, allocation, line)
     for line in lines:
-        _take_back(ctx, line, policy, report)
+        _take_back(ctx, line, accumulations.get(line.id), policy, report)
     for card in cards:
         if card.voided_at is not None:
             continue
@@ -111,8 +119,8 @@ def reverse_event(
             f"shortfall of {report.total} point(s) and {len(report.gift_cards)} redeemed "
             "gift card(s); policy 'fail' refuses the reversal"
         )
-    for reward_id in sorted(reward_ids):
-        settle_debts(ctx, reward_id)
+    reward_ids = {line.reward_id for line in lines} | {line.reward_id for _, line in given}
+    settle_debts(ctx, reward_ids | {card.reward_id for card in cards})
     recompute_tier(ctx)
     event.status = EventStatus.REVERSED.value
     event.reversed_at = ctx.now
@@ -122,31 +130,43 @@ def reverse_event(
     return report
 
 
-def _give_back(ctx: Context, redemption: Redemption) -> None:
-    allocations = ctx.session.scalars(
-        select(Allocation).where(Allocation.redemption_id == redemption.id).order_by(Allocation.id)
-    ).all()
-    for allocation in allocations:
-        if allocation.transaction_id is None:
-            raise InconsistentLedger(f"allocation {allocation.id} was never applied")
-        line = ctx.session.get_one(Line, allocation.line_id, with_for_update=True)
-        ctx.write(
-            line,
-            TransactionType.REVERSAL,
-            allocation.amount,
-            reverses=allocation.transaction_id,
-            details="redemption returned",
-        )
-        return_points(ctx, line, allocation.amount)
-
-
-def _take_back(ctx: Context, line: Line, policy: Shortfall, report: ShortfallReport) -> None:
-    accumulation = ctx.session.scalars(
+def _accumulations(session: Session, lines: list[Line]) -> dict[uuid.UUID, Transaction]:
+    """The ACCUMULATION transaction of each line, by line id."""
+    if not lines:
+        return {}
+    found: dict[uuid.UUID, Transaction] = {}
+    for tx in session.scalars(
         select(Transaction).where(
-            Transaction.line_id == line.id,
+            Transaction.line_id.in_([line.id for line in lines]),
             Transaction.type == TransactionType.ACCUMULATION.value,
         )
-    ).one_or_none()
+    ):
+        if tx.line_id is None or tx.line_id in found:
+            raise InconsistentLedger(f"line {tx.line_id} has more than one accumulation")
+        found[tx.line_id] = tx
+    return found
+
+
+def _give_back(ctx: Context, allocation: Allocation, line: Line) -> None:
+    if allocation.transaction_id is None:
+        raise InconsistentLedger(f"allocation {allocation.id} was never applied")
+    ctx.write(
+        line,
+        TransactionType.REVERSAL,
+        allocation.amount,
+        reverses=allocation.transaction_id,
+        details="redemption returned",
+    )
+    return_points(ctx, line, allocation.amount)
+
+
+def _take_back(
+    ctx: Context,
+    line: Line,
+    accumulation: Transaction | None,
+    policy: Shortfall,
+    report: ShortfallReport,
+) -> None:
     if accumulation is None or line.state == LineState.REVERSED:
         raise InconsistentLedger(f"line {line.id} has no accumulation to reverse")
     # Points that already expired are gone from the wallet: not taken back twice.

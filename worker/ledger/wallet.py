@@ -3,13 +3,17 @@
 Lock order (so that concurrent work on one customer cannot deadlock): the event
 row first, then the customer's wallet rows in reward-id order, then lines. Every
 write to a customer's lines or transactions of a reward holds that wallet row.
+
+An operation locks all of the customer's wallets at once (a customer has a
+handful): the locked rows are then the wallet as it stands, so the tier and the
+snapshot are computed from them in memory instead of being read back.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,10 +51,47 @@ class Context:
 
     session: Session
     event: Event
-    rewards: dict[uuid.UUID, Reward]
-    campaigns: dict[uuid.UUID, Campaign]
-    wallets: dict[uuid.UUID, Wallet]
+    rewards: dict[uuid.UUID, Reward]  # of every wallet below
+    wallets: dict[uuid.UUID, Wallet]  # all of the customer's, locked, by reward id
     now: datetime
+    campaigns: dict[uuid.UUID, Campaign] = field(default_factory=dict)
+    # Settlements by debtor line, newest first, for lines whose were read ahead.
+    settlements: dict[uuid.UUID, list[Settlement]] = field(default_factory=dict)
+
+    def campaign(self, campaign_id: uuid.UUID | None) -> Campaign | None:
+        if campaign_id is None:
+            return None
+        if campaign_id not in self.campaigns:
+            self.campaigns[campaign_id] = self.session.get_one(Campaign, campaign_id)
+        return self.campaigns[campaign_id]
+
+    def load_campaigns(self, campaign_ids: Iterable[uuid.UUID | None]) -> None:
+        """Read ahead, in one query, the campaigns that transactions will name."""
+        wanted = {c for c in campaign_ids if c is not None} - set(self.campaigns)
+        if wanted:
+            found = self.session.scalars(select(Campaign).where(Campaign.id.in_(wanted)))
+            self.campaigns.update((c.id, c) for c in found)
+
+    def settlements_of(self, line_id: uuid.UUID) -> list[Settlement]:
+        """The settlements that paid this line's debt and still hold points, newest first."""
+        if line_id not in self.settlements:
+            self.load_settlements([line_id])
+        return self.settlements[line_id]
+
+    def load_settlements(self, line_ids: Iterable[uuid.UUID]) -> None:
+        """Read ahead, in one query, the live settlements of these debtor lines."""
+        ids = set(line_ids) - set(self.settlements)
+        if not ids:
+            return
+        for line_id in ids:
+            self.settlements[line_id] = []
+        found = self.session.scalars(
+            select(Settlement)
+            .where(Settlement.debtor_line_id.in_(ids), Settlement.amount > 0)
+            .order_by(Settlement.seq.desc())
+        )
+        for settlement in found:
+            self.settlements[settlement.debtor_line_id].append(settlement)
 
     def write(
         self,
@@ -62,8 +103,10 @@ class Context:
         details: str | None = None,
     ) -> Transaction:
         """Append a transaction for `line` and move the wallet balance by `amount`."""
+        if line.reward_id not in self.wallets:
+            raise InconsistentLedger(f"line {line.id} has no wallet of reward {line.reward_id}")
         reward = self.rewards[line.reward_id]
-        campaign = self.campaigns.get(line.campaign_id) if line.campaign_id else None
+        campaign = self.campaign(line.campaign_id)
         tx = Transaction(
             id=uuid.uuid4(),
             brand_id=self.event.brand_id,
@@ -91,49 +134,47 @@ class Context:
 
 
 def load_context(
-    session: Session, event: Event, reward_ids: Iterable[uuid.UUID], now: datetime | None = None
+    session: Session,
+    event: Event,
+    reward_ids: Iterable[uuid.UUID] = (),
+    now: datetime | None = None,
 ) -> Context:
-    """Lock the customer's wallets of these rewards (creating them) and load references."""
+    """Lock all of the customer's wallets, creating those of `reward_ids` first."""
     ids = sorted(set(reward_ids))
-    rewards = {
-        r.id: r
-        for r in session.scalars(
-            select(Reward).where(Reward.id.in_(ids), Reward.brand_id == event.brand_id)
+    if ids:
+        known = set(
+            session.scalars(
+                select(Reward.id).where(Reward.id.in_(ids), Reward.brand_id == event.brand_id)
+            )
         )
-    }
-    missing = [str(i) for i in ids if i not in rewards]
-    if missing:
-        raise InconsistentLedger(f"unknown reward(s) for this brand: {', '.join(missing)}")
-    campaigns = {
-        c.id: c
-        for c in session.scalars(select(Campaign).where(Campaign.brand_id == event.brand_id))
-    }
-    wallets = lock_wallets(session, event.brand_id, event.customer_id, ids)
-    return Context(session, event, rewards, campaigns, wallets, now or utcnow())
-
-
-def lock_wallets(
-    session: Session, brand_id: uuid.UUID, customer_id: uuid.UUID, reward_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, Wallet]:
-    if not reward_ids:
-        return {}
-    session.execute(
-        insert(Wallet)
-        .values(
-            [
-                {"customer_id": customer_id, "reward_id": r, "brand_id": brand_id, "balance": 0}
-                for r in reward_ids
-            ]
+        missing = [str(i) for i in ids if i not in known]
+        if missing:
+            raise InconsistentLedger(f"unknown reward(s) for this brand: {', '.join(missing)}")
+        session.execute(
+            insert(Wallet)
+            .values(
+                [
+                    {
+                        "customer_id": event.customer_id,
+                        "reward_id": r,
+                        "brand_id": event.brand_id,
+                        "balance": 0,
+                    }
+                    for r in ids
+                ]
+            )
+            .on_conflict_do_nothing()
         )
-        .on_conflict_do_nothing()
-    )
-    rows = session.scalars(
-        select(Wallet)
-        .where(Wallet.customer_id == customer_id, Wallet.reward_id.in_(reward_ids))
+    rows = session.execute(
+        select(Wallet, Reward)
+        .join(Reward, Reward.id == Wallet.reward_id)
+        .where(Wallet.customer_id == event.customer_id)
         .order_by(Wallet.reward_id)
-        .with_for_update()
+        .with_for_update(of=Wallet)
     ).all()
-    return {w.reward_id: w for w in rows}
+    wallets = {wallet.reward_id: wallet for wallet, _ in rows}
+    rewards = {reward.id: reward for _, reward in rows}
+    return Context(session, event, rewards, wallets, now or utcnow())
 
 
 def is_past(moment: datetime | None, now: datetime) -> bool:
@@ -160,12 +201,7 @@ def return_points(ctx: Context, line: Line, amount: int) -> None:
     expiration date, and is expired again at once if that date has passed. The
     caller has written the REVERSAL transaction for the whole amount.
     """
-    settlements = ctx.session.scalars(
-        select(Settlement)
-        .where(Settlement.debtor_line_id == line.id, Settlement.amount > 0)
-        .order_by(Settlement.seq.desc())
-    ).all()
-    for settlement in settlements:
+    for settlement in ctx.settlements_of(line.id):
         if amount <= 0:
             break
         back = min(amount, settlement.amount)
@@ -182,23 +218,26 @@ def return_points(ctx: Context, line: Line, amount: int) -> None:
         expire_now(ctx, line, "returned to a line that has expired")
 
 
-def settle_debts(ctx: Context, reward_id: uuid.UUID) -> None:
-    """Pay the customer's debt lines of a reward from its live points, soonest expiry first."""
+def settle_debts(ctx: Context, reward_ids: Iterable[uuid.UUID]) -> None:
+    """Pay the customer's debt lines of these rewards from live points, soonest expiry first."""
+    ids = sorted(set(reward_ids))
+    if not ids:
+        return
     debtors = ctx.session.scalars(
         select(Line)
         .where(
             Line.customer_id == ctx.event.customer_id,
-            Line.reward_id == reward_id,
+            Line.reward_id.in_(ids),
             Line.state.in_(LIVE_STATES),
             Line.remaining < 0,
         )
-        .order_by(Line.issued_at, Line.id)
+        .order_by(Line.reward_id, Line.issued_at, Line.id)
     ).all()
-    if not debtors:
-        return
-    creditors = spendable_lines(ctx, reward_id)
+    creditors: dict[uuid.UUID, list[Line]] = {}
     for debtor in debtors:
-        for creditor in creditors:
+        if debtor.reward_id not in creditors:
+            creditors[debtor.reward_id] = spendable_lines(ctx, debtor.reward_id)
+        for creditor in creditors[debtor.reward_id]:
             if debtor.remaining >= 0:
                 break
             pay = min(-debtor.remaining, creditor.remaining - creditor.reserved)
@@ -206,9 +245,13 @@ def settle_debts(ctx: Context, reward_id: uuid.UUID) -> None:
                 continue
             creditor.remaining -= pay
             debtor.remaining += pay
-            ctx.session.add(
-                Settlement(debtor_line_id=debtor.id, creditor_line_id=creditor.id, amount=pay)
+            settlement = Settlement(
+                debtor_line_id=debtor.id, creditor_line_id=creditor.id, amount=pay
             )
+            ctx.session.add(settlement)
+            if debtor.id in ctx.settlements:
+                # Not yet flushed, so no seq: this is the newest, and comes first.
+                ctx.settlements[debtor.id].insert(0, settlement)
 
 
 def spendable_lines(ctx: Context, reward_id: uuid.UUID) -> list[Line]:
@@ -228,27 +271,17 @@ def spendable_lines(ctx: Context, reward_id: uuid.UUID) -> list[Line]:
     )
 
 
-def balances(session: Session, customer_id: uuid.UUID) -> dict[str, int]:
-    rows = session.execute(
-        select(Wallet.reward_id, Wallet.balance)
-        .where(Wallet.customer_id == customer_id)
-        .order_by(Wallet.reward_id)
-    )
-    return {str(reward_id): balance for reward_id, balance in rows}
-
-
 def recompute_tier(ctx: Context) -> None:
     """Place the customer in the brand's tier table by their POINTS balance (SPEC §6.4)."""
     session = ctx.session
     brand = session.get_one(Brand, ctx.event.brand_id)
     tiers: list[dict[str, Any]] = list(brand.settings.get("tiers") or [])
     customer = session.get_one(Customer, ctx.event.customer_id, with_for_update=True)
+    # ctx.wallets are all of the customer's, locked and current.
     points = sum(
-        session.scalars(
-            select(Wallet.balance)
-            .join(Reward, Reward.id == Wallet.reward_id)
-            .where(Wallet.customer_id == customer.id, Reward.type == RewardType.POINTS.value)
-        )
+        wallet.balance
+        for reward_id, wallet in ctx.wallets.items()
+        if ctx.rewards[reward_id].type == RewardType.POINTS
     )
     reached = [t for t in tiers if points >= int(t["min_points"])]
     new_tier = max(reached, key=lambda t: int(t["min_points"]))["name"] if reached else None
@@ -268,10 +301,10 @@ def recompute_tier(ctx: Context) -> None:
 
 def snapshot(ctx: Context) -> None:
     """Keep the wallet and customer as they stand after this operation on the event."""
-    session = ctx.session
-    session.flush()
-    customer = session.get_one(Customer, ctx.event.customer_id)
-    ctx.event.result_wallet = balances(session, customer.id)
+    customer = ctx.session.get_one(Customer, ctx.event.customer_id)
+    ctx.event.result_wallet = {
+        str(reward_id): ctx.wallets[reward_id].balance for reward_id in sorted(ctx.wallets)
+    }
     ctx.event.result_customer = {"id": str(customer.id), "tier": customer.tier}
 
 
