@@ -51,13 +51,19 @@ def not_found(event_id: uuid.UUID) -> IntakeError:
     return IntakeError(404, "not_found", f"event {event_id} not found")
 
 
-def enqueue(session: Session, event: Event) -> None:
-    """Give the event a new message id and publish it once the transaction commits."""
-    event.queue_message_id = str(uuid.uuid4())
+def enqueue(session: Session, event: Event, batch_message_id: str | None = None) -> None:
+    """Give the event a new message id and publish it once the transaction commits.
+
+    With `batch_message_id`, the event joins that message (a bulk request's batch),
+    which the caller publishes, after the commit, with all of its events.
+    """
+    event.queue_message_id = batch_message_id or str(uuid.uuid4())
     event.updated_at = utcnow()
-    on_commit(
-        session, functools.partial(publish, task_name_for(event), event.id, event.queue_message_id)
-    )
+    if batch_message_id is None:
+        on_commit(
+            session,
+            functools.partial(publish, task_name_for(event), event.id, event.queue_message_id),
+        )
 
 
 def get_event(
@@ -151,8 +157,10 @@ def request_reversal(
     *,
     shortfall: str | None = None,
     dry_run: bool = False,
+    batch_message_id: str | None = None,
 ) -> ReversalAnswer:
-    """Decide a reversal request (SPEC §4, §5) and, if accepted, enqueue it."""
+    """Decide a reversal request (SPEC §4, §5) and, if accepted, enqueue it (alone, or
+    in the batch `batch_message_id` that the caller publishes)."""
     event = get_event(session, brand_id, event_id, lock=True)
     if event.status == EventStatus.REVERSED:
         return ReversalAnswer(200, event, _as_is(session, event) if dry_run else None)
@@ -187,7 +195,7 @@ def request_reversal(
     event.reversal_dead_lettered = False
     event.reversal_policy = shortfall
     event.reversal_shortfall = None
-    enqueue(session, event)
+    enqueue(session, event, batch_message_id)
     session.flush()
     return ReversalAnswer(202, event)
 

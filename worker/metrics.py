@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 
 REVERSE_TASK = "reversals.reverse_event"
 PROCESS_TASK = "reversals.process_event"
+BATCH_TASK = "reversals.reverse_events"
 SWEEP_TASK = "reversals.sweep"
 EXPIRY_TASKS = {"reversals.expire_lines": "lines", "reversals.expire_reservations": "reservations"}
 OUTCOMES = {"REVERSED", "CANCELLED", "RESOLVED", "FAILED", "IGNORED"}
@@ -315,7 +316,10 @@ def _task_finished(
         metrics.duration.labels(name).observe(time.perf_counter() - started)
     if state != "SUCCESS":
         return
-    if name in (REVERSE_TASK, PROCESS_TASK) and isinstance(retval, str):
+    if name == BATCH_TASK and isinstance(retval, dict):
+        for outcome, count in retval.items():
+            metrics.reversals.labels(outcome if outcome in OUTCOMES else "OTHER").inc(count)
+    elif name in (REVERSE_TASK, PROCESS_TASK) and isinstance(retval, str):
         outcome = retval if retval in OUTCOMES else "OTHER"
         counter = metrics.reversals if name == REVERSE_TASK else metrics.processed
         counter.labels(outcome).inc()

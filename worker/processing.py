@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import case, select, update
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 REFUSALS = (InsufficientBalance, ShortfallRefused)
 IN_FLIGHT = (EventStatus.PENDING.value, EventStatus.PROCESSING.value)
 SessionFactory = Callable[[], Session] | None
+BATCH_TASK = "reversals.reverse_events"  # a bulk request's events under one message
 
 
 def is_reversal(event: Event) -> bool:
@@ -42,6 +44,12 @@ def task_name_for(event: Event) -> str:
     return "reversals.reverse_event" if is_reversal(event) else "reversals.process_event"
 
 
+class Claimed(NamedTuple):
+    brand_id: uuid.UUID
+    reversal: bool
+    attempts: int  # this delivery's, counted
+
+
 def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory = None) -> str:
     """Process or reverse the event this message names. Returns the outcome.
 
@@ -50,7 +58,7 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
     """
     bound = log.bind(event_id=str(event_id), queue_message_id=message_id)
     with unit_of_work(factory) as session:
-        claimed = claim(session, event_id, message_id)
+        claimed = claim(session, [event_id], message_id).get(event_id)
         if claimed is None:
             current = session.execute(
                 select(Event.brand_id, Event.status).where(Event.id == event_id)
@@ -60,8 +68,49 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
             structlog.contextvars.bind_contextvars(brand_id=str(current.brand_id))
             bound.info("message_ignored", status=current.status)
             return "IGNORED"
-        brand_id, reversal, attempts = claimed
-        structlog.contextvars.bind_contextvars(brand_id=str(brand_id))
+    structlog.contextvars.bind_contextvars(brand_id=str(claimed.brand_id))
+    return apply(event_id, message_id, claimed, factory, [str(event_id), message_id])
+
+
+def handle_batch(
+    event_ids: Sequence[uuid.UUID], message_id: str, factory: SessionFactory = None
+) -> dict[str, int]:
+    """Reverse the events one bulk request published under one message id.
+
+    One claim for all of them (one commit), then each event in its own
+    transaction, exactly as a single message's: an event's failure is its own,
+    and a redelivery finds the events already done no longer in flight.
+    Transient errors propagate; the whole message is retried.
+    """
+    with unit_of_work(factory) as session:
+        claimed = claim(session, event_ids, message_id)
+    outcomes: Counter[str] = Counter()
+    outcomes["IGNORED"] = len(set(event_ids)) - len(claimed)
+    payload = [message_id, [str(e) for e in event_ids]]
+    for event_id in dict.fromkeys(event_ids):  # in order, once each
+        if event_id in claimed:
+            with structlog.contextvars.bound_contextvars(
+                event_id=str(event_id), brand_id=str(claimed[event_id].brand_id)
+            ):
+                outcome = apply(
+                    event_id, message_id, claimed[event_id], factory, payload, batch_task=BATCH_TASK
+                )
+                outcomes[outcome] += 1
+    return {k: v for k, v in outcomes.items() if v}
+
+
+def apply(
+    event_id: uuid.UUID,
+    message_id: str,
+    claimed: Claimed,
+    factory: SessionFactory,
+    payload: list[Any],
+    *,
+    batch_task: str | None = None,
+) -> str:
+    """The work of a claimed delivery: the ledger change and the terminal status."""
+    bound = log.bind(event_id=str(event_id), queue_message_id=message_id)
+    reversal, attempts = claimed.reversal, claimed.attempts
     # A message that keeps killing its worker never reaches a retry handler:
     # count claims, and stop after the same number of tries a retry would get.
     if attempts > get_settings().task_max_retries + 1:
@@ -96,9 +145,10 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
         if not isinstance(exc, REFUSALS):
             # Not a business refusal: the ledger itself is wrong. Keep it for an operator.
             letter = {
-                "task_name": "reversals.reverse_event" if reversal else "reversals.process_event",
+                "task_name": batch_task
+                or ("reversals.reverse_event" if reversal else "reversals.process_event"),
                 "task_id": message_id,
-                "payload": {"args": [str(event_id), message_id]},
+                "payload": {"args": payload},
                 "traceback": traceback.format_exc(),
                 "attempts": attempts,
             }
@@ -109,25 +159,27 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
 
 
 def claim(
-    session: Session, event_id: uuid.UUID, message_id: str
-) -> tuple[uuid.UUID, bool, int] | None:
-    """PENDING → PROCESSING and one more attempt, in one statement, if this message
-    is the event's current one and the event is in flight.
+    session: Session, event_ids: Sequence[uuid.UUID], message_id: str
+) -> dict[uuid.UUID, Claimed]:
+    """PENDING → PROCESSING and one more attempt, in one statement, for each of these
+    events whose current message is this one and that is in flight.
 
-    Returns (brand id, whether it is a reversal, attempts so far), or None when the
-    message is stale or the event is done or missing.
+    Events that are missing, done, or owned by another message are left out.
     """
     reversal = Event.reversal_status.in_(
         (ReversalStatus.PENDING.value, ReversalStatus.PROCESSING.value)
     )
+    mine = (
+        Event.id.in_(list(event_ids)),
+        Event.queue_message_id == message_id,
+        Event.status.in_(IN_FLIGHT),
+    )
+    # Rows locked in id order (the lock order for several events), then updated.
+    locked = select(Event.id).where(*mine).order_by(Event.id).with_for_update()
     now = utcnow()
-    row = session.execute(
+    rows = session.execute(
         update(Event)
-        .where(
-            Event.id == event_id,
-            Event.queue_message_id == message_id,
-            Event.status.in_(IN_FLIGHT),
-        )
+        .where(Event.id.in_(locked.scalar_subquery()), *mine)
         .values(
             status=EventStatus.PROCESSING.value,
             processing_at=now,
@@ -139,13 +191,21 @@ def claim(
             reversal_attempts=Event.reversal_attempts + case((reversal, 1), else_=0),
             attempts=Event.attempts + case((reversal, 0), else_=1),
         )
-        .returning(Event.brand_id, Event.reversal_status, Event.reversal_attempts, Event.attempts)
+        .returning(
+            Event.id,
+            Event.brand_id,
+            Event.reversal_status,
+            Event.reversal_attempts,
+            Event.attempts,
+        )
         .execution_options(synchronize_session=False)
-    ).one_or_none()
-    if row is None:
-        return None
-    is_rev = row.reversal_status == ReversalStatus.PROCESSING
-    return row.brand_id, is_rev, row.reversal_attempts if is_rev else row.attempts
+    ).all()
+    claimed = {}
+    for row in rows:
+        is_reversal = row.reversal_status == ReversalStatus.PROCESSING
+        attempts = row.reversal_attempts if is_reversal else row.attempts
+        claimed[row.id] = Claimed(row.brand_id, is_reversal, attempts)
+    return claimed
 
 
 def fail_event(

@@ -23,3 +23,17 @@ def publish(task_name: str, event_id: uuid.UUID, message_id: str) -> None:
         log.warning(
             "publish_failed", event_id=str(event_id), queue_message_id=message_id, exc_info=True
         )
+
+
+def publish_batch(message_id: str, event_ids: list[uuid.UUID]) -> None:
+    """Send a bulk request's batch: one message, its id the events' `queue_message_id`."""
+    try:
+        app.send_task(
+            "reversals.reverse_events",
+            args=[message_id, [str(e) for e in event_ids]],
+            task_id=message_id,
+        )
+    except Exception:
+        log.warning(
+            "publish_failed", queue_message_id=message_id, events=len(event_ids), exc_info=True
+        )

@@ -17,12 +17,21 @@ from typing import Any
 import structlog
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker import poison  # noqa: F401 - connects the poison-message signal handlers
 from worker.celery_app import app
+from worker.db import unit_of_work
 from worker.maintenance import expire_lines, expire_reservations
-from worker.processing import fail_event, handle_message
+from worker.models import Event
+from worker.processing import (
+    BATCH_TASK,
+    IN_FLIGHT,
+    fail_event,
+    handle_batch,
+    handle_message,
+)
 from worker.settings import get_settings
 from worker.sweeper import sweep
 
@@ -150,6 +159,79 @@ def process_event(self: Any, *args: Any, **kwargs: Any) -> str:
 @app.task(bind=True, name="reversals.reverse_event", acks_late=True)
 def reverse_event(self: Any, *args: Any, **kwargs: Any) -> str:
     return run(self, *args, **kwargs)
+
+
+MAX_BATCH = 1000  # a bulk request's size (SPEC §4): no message of ours holds more
+
+
+def batch_problem(
+    message_id: Any, event_ids: Any, extra: tuple[Any, ...], unknown: Any
+) -> str | None:
+    """Why a batch body is not (message id, [event ids]), or None when it is."""
+    if extra or unknown:
+        return f"unexpected arguments: {len(extra)} extra, keywords {_shown(sorted(unknown))}"
+    if not isinstance(event_ids, list) or not 0 < len(event_ids) <= MAX_BATCH:
+        return f"event ids are not a list of 1 to {MAX_BATCH}: {_shown(event_ids)}"
+    for event_id in event_ids:
+        problem = undecodable(event_id, message_id, (), {})
+        if problem is not None:
+            return problem
+    return None
+
+
+def run_batch(
+    task: Any, /, message_id: Any = None, event_ids: Any = None, *extra: Any, **unknown: Any
+) -> dict[str, int] | str:
+    """One delivery of a bulk request's message: its events one after another.
+
+    A transient error retries the whole message (the events already done are no
+    longer in flight and are skipped); a permanent one, or the last retry, ends
+    every event still in flight FAILED, each with its dead letter.
+    """
+    settings = get_settings()
+    problem = batch_problem(message_id, event_ids, extra, unknown)
+    if problem is not None:
+        log.error("undecodable_task_body", task_name=task.name, error=problem)
+        _dead_letter(task, None, message_id if isinstance(message_id, str) else "", problem)
+        return "FAILED"
+    ids = [uuid.UUID(e) for e in event_ids]
+    structlog.contextvars.bind_contextvars(
+        queue_message_id=message_id, attempt=task.request.retries + 1, batch=len(ids)
+    )
+    try:
+        return handle_batch(ids, message_id)
+    except Exception as exc:
+        if is_transient(exc) and task.request.retries < settings.task_max_retries:
+            delay = backoff(task.request.retries)
+            log.warning("transient_error_retrying", error=str(exc), countdown=round(delay, 2))
+            raise task.retry(exc=exc, countdown=delay) from exc
+        log.error("task_failed", error=str(exc), exc_info=True)
+        for event_id in in_flight(ids, message_id):
+            _dead_letter(task, event_id, message_id, f"{type(exc).__name__}: {exc}")
+        return "FAILED"
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+def in_flight(event_ids: list[uuid.UUID], message_id: str) -> list[uuid.UUID]:
+    """Those of these events that this message still owns and that are not done."""
+    with unit_of_work() as session:
+        return list(
+            session.scalars(
+                select(Event.id)
+                .where(
+                    Event.id.in_(event_ids),
+                    Event.queue_message_id == message_id,
+                    Event.status.in_(IN_FLIGHT),
+                )
+                .order_by(Event.id)
+            )
+        )
+
+
+@app.task(bind=True, name=BATCH_TASK, acks_late=True)
+def reverse_events(self: Any, *args: Any, **kwargs: Any) -> dict[str, int] | str:
+    return run_batch(self, *args, **kwargs)
 
 
 @app.task(name="reversals.sweep", ignore_result=True)

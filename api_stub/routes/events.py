@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -18,6 +19,7 @@ from api_stub.deps import CurrentBrand, transaction
 from api_stub.errors import ApiError
 from api_stub.metrics import REVERSALS_ACCEPTED
 from api_stub.schemas import BulkReverseIn, EventIn, ReverseIn
+from worker.db import on_commit
 from worker.intake import (
     IntakeError,
     create_event,
@@ -27,6 +29,8 @@ from worker.intake import (
 )
 from worker.ledger.views import event_view
 from worker.models import IdempotencyKey
+from worker.publish import publish_batch
+from worker.settings import get_settings
 
 router = APIRouter(prefix="/behavior/events")
 
@@ -68,12 +72,24 @@ def fulfill(event_id: uuid.UUID, request: Request, who: CurrentBrand) -> JSONRes
 @router.post("/reverse", status_code=202, responses=docs.REVERSE_BULK)
 def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JSONResponse:
     results: list[dict[str, Any]] = []
+    # Accepted events travel in batches of BULK_BATCH_SIZE, one message each: the
+    # per-message cost is paid once per batch, and batches spread over the workers.
+    batches: dict[str, list[uuid.UUID]] = {}
+    size = get_settings().bulk_batch_size
     with transaction(request) as session:
         for item in body.events:
+            if not batches or len(batches[next(reversed(batches))]) >= size:
+                batches[str(uuid.uuid4())] = []
+            batch_id = next(reversed(batches))
             savepoint = session.begin_nested()
             try:
                 answer = request_reversal(
-                    session, who.brand_id, item.id, item.reason, shortfall=body.shortfall
+                    session,
+                    who.brand_id,
+                    item.id,
+                    item.reason,
+                    shortfall=body.shortfall,
+                    batch_message_id=batch_id,
                 )
             except IntakeError as exc:
                 savepoint.rollback()
@@ -88,6 +104,8 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                 continue
             savepoint.commit()
             already = answer.status_code == 200
+            if answer.event.queue_message_id == batch_id:
+                batches[batch_id].append(item.id)
             results.append(
                 {
                     "id": str(item.id),
@@ -96,6 +114,9 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                     "error": None,
                 }
             )
+        for batch_id, event_ids in batches.items():
+            if event_ids:
+                on_commit(session, functools.partial(publish_batch, batch_id, event_ids))
     REVERSALS_ACCEPTED.inc(sum(1 for r in results if r["status"] == "ACCEPTED"))
     return _json(202, results)
 

@@ -10,12 +10,14 @@ from datetime import datetime
 from typing import Any
 
 import jwt
+import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import select
 
 from tests.support import World
 from worker.models import Transaction
+from worker.processing import handle_batch
 from worker.settings import get_settings
 
 BASE = "/api/storefront/v1"
@@ -794,3 +796,53 @@ def test_transactions_are_newest_first_with_cursor_paging(
     ).json()
     assert last == {"data": [], "next_cursor": None}
     world.check(customer)
+
+
+def test_bulk_sends_its_events_in_batches_each_reversed_once(
+    client: TestClient,
+    world: World,
+    headers: Headers,
+    db_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Accepted items travel BULK_BATCH_SIZE to a message; a batch's delivery reverses
+    its events one by one, an event's refusal stays its own, a redelivery does nothing."""
+    monkeypatch.setattr(get_settings(), "bulk_batch_size", 2)
+    sent: list[tuple[str, list[uuid.UUID]]] = []
+    monkeypatch.setattr(
+        "api_stub.routes.events.publish_batch", lambda mid, ids: sent.append((mid, ids))
+    )
+    first, second = uuid.uuid4(), uuid.uuid4()
+    spent = _resolved(client, headers, world, first, accumulate=[10])
+    _resolved(client, headers, world, first, redeem=[8])  # spends 8 of `spent`'s 10
+    others = [_resolved(client, headers, world, second, accumulate=[n]) for n in (1, 2, 3, 4)]
+    order = [others[0], spent, others[1], others[2], others[3]]
+    answer = client.post(
+        f"{BASE}/behavior/events/reverse",
+        json={
+            "events": [{"id": str(i), "reason": "refund batch"} for i in order],
+            "shortfall": "fail",
+        },
+        headers=headers,
+    )
+    results = _data(answer, 202)
+    assert [r["status"] for r in results] == ["ACCEPTED"] * 5
+    # Three messages, of 2, 2 and 1 events, in the request's order, each item
+    # answered with the message id it travels under.
+    assert [ids for _, ids in sent] == [order[0:2], order[2:4], order[4:]]
+    for index, result in enumerate(results):
+        assert result["queue_message_id"] == sent[index // 2][0]
+
+    outcomes = [handle_batch(ids, mid, db_factory) for mid, ids in sent]
+    # `spent` would leave a shortfall of 8 under `fail`: FAILED alone, its batch goes on.
+    assert outcomes == [{"REVERSED": 1, "FAILED": 1}, {"REVERSED": 2}, {"REVERSED": 1}]
+    assert _get(client, headers, spent)["status"] == "FAILED"
+    assert _balance(client, headers, world, first) == 2
+    assert _balance(client, headers, world, second) == 0
+    # A redelivery of every message changes nothing.
+    again = [handle_batch(ids, mid, db_factory) for mid, ids in sent]
+    assert again == [{"IGNORED": 2}, {"IGNORED": 2}, {"IGNORED": 1}]
+    assert _balance(client, headers, world, first) == 2
+    assert _balance(client, headers, world, second) == 0
+    world.check(first)
+    world.check(second)

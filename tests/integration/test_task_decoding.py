@@ -18,8 +18,9 @@ from sqlalchemy import select
 
 from tests.support import World
 from worker.db import get_sessionmaker, unit_of_work
+from worker.intake import request_reversal
 from worker.models import DeadLetter, Event
-from worker.tasks import MAX_KEPT_PAYLOAD, process_event, reverse_event
+from worker.tasks import MAX_KEPT_PAYLOAD, process_event, reverse_event, reverse_events
 
 MB = 1024 * 1024
 VALID = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
@@ -116,3 +117,45 @@ def test_a_well_formed_message_for_a_missing_event_is_dead_lettered_with_its_bod
     (letter,) = _letters(task_id)
     assert letter.event_id == uuid.UUID(missing)
     assert letter.payload == {"args": [missing, task_id], "kwargs": {}}
+
+
+BAD_BATCHES: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
+    "no arguments": ((), {}),
+    "ids not a list": (("msg-1", VALID), {}),
+    "empty list": (("msg-1", []), {}),
+    "1,001 ids": (("msg-1", [VALID] * 1001), {}),
+    "a non-UUID id": (("msg-1", [VALID, "not-a-uuid"]), {}),
+    "an int id": (("msg-1", [7]), {}),
+    "None message id": ((None, [VALID]), {}),
+    "NUL in message id": (("m\x00", [VALID]), {}),
+    "one argument too many": (("msg-1", [VALID], "extra"), {}),
+    "unknown keyword": (("msg-1", [VALID]), {"shortfall": "clamp"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BATCHES))
+def test_a_bad_batch_body_is_dead_lettered_and_nothing_escapes(case: str) -> None:
+    args, kwargs = BAD_BATCHES[case]
+    task_id = str(uuid.uuid4())
+    outcome = reverse_events.apply(args=args, kwargs=kwargs, task_id=task_id, throw=True).get()
+    assert outcome == "FAILED"
+    (letter,) = _letters(task_id)
+    assert letter.task_name == "reversals.reverse_events"
+    assert letter.event_id is None
+
+
+def test_a_batch_message_reverses_its_events_and_a_redelivery_does_nothing() -> None:
+    factory: Callable[[], Any] = get_sessionmaker()
+    world = World.create(factory)
+    customer = uuid.uuid4()
+    events = [world.event(customer, accumulate=[n]) for n in (5, 6)]
+    batch = str(uuid.uuid4())
+    with unit_of_work() as session:
+        for event_id in events:
+            request_reversal(session, world.brand_id, event_id, "refund", batch_message_id=batch)
+    args = (batch, [str(e) for e in events])
+    assert reverse_events.apply(args=args, task_id=batch, throw=True).get() == {"REVERSED": 2}
+    assert reverse_events.apply(args=args, task_id=batch, throw=True).get() == {"IGNORED": 2}
+    assert world.balance(customer) == 0
+    assert not _letters(batch)
+    world.check(customer)
