@@ -158,10 +158,17 @@ def request_reversal(
     shortfall: str | None = None,
     dry_run: bool = False,
     batch_message_id: str | None = None,
+    locked: Event | None = None,
 ) -> ReversalAnswer:
     """Decide a reversal request (SPEC §4, §5) and, if accepted, enqueue it (alone, or
-    in the batch `batch_message_id` that the caller publishes)."""
-    event = get_event(session, brand_id, event_id, lock=True)
+    in the batch `batch_message_id` that the caller publishes).
+
+    `locked` is the event when the caller has already read and locked it (a bulk
+    request locks all of its events in one query).
+    """
+    event = locked if locked is not None else get_event(session, brand_id, event_id, lock=True)
+    if event.id != event_id or event.brand_id != brand_id:
+        raise not_found(event_id)
     if event.status == EventStatus.REVERSED:
         return ReversalAnswer(200, event, _as_is(session, event) if dry_run else None)
     if event.reversal_status in (ReversalStatus.PENDING, ReversalStatus.PROCESSING):
@@ -196,7 +203,8 @@ def request_reversal(
     event.reversal_policy = shortfall
     event.reversal_shortfall = None
     enqueue(session, event, batch_message_id)
-    session.flush()
+    if batch_message_id is None:
+        session.flush()  # a batch's caller flushes all of its events at once
     return ReversalAnswer(202, event)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic_core import to_jsonable_python
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,10 +26,11 @@ from worker.intake import (
     create_event,
     fulfil_event,
     get_event,
+    not_found,
     request_reversal,
 )
 from worker.ledger.views import event_view
-from worker.models import IdempotencyKey
+from worker.models import Event, IdempotencyKey
 from worker.publish import publish_batch
 from worker.settings import get_settings
 
@@ -77,12 +79,27 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
     batches: dict[str, list[uuid.UUID]] = {}
     size = get_settings().bulk_batch_size
     with transaction(request) as session:
+        # All of the request's events of this brand, read and locked in one query, in
+        # id order (two bulk requests sharing events cannot deadlock). An item is
+        # decided before anything of it is written: a refused item changes nothing.
+        events = {
+            event.id: event
+            for event in session.scalars(
+                select(Event)
+                .where(Event.id.in_({item.id for item in body.events}))
+                .where(Event.brand_id == who.brand_id)
+                .order_by(Event.id)
+                .with_for_update()
+            )
+        }
         for item in body.events:
             if not batches or len(batches[next(reversed(batches))]) >= size:
                 batches[str(uuid.uuid4())] = []
             batch_id = next(reversed(batches))
-            savepoint = session.begin_nested()
             try:
+                event = events.get(item.id)
+                if event is None:
+                    raise not_found(item.id)
                 answer = request_reversal(
                     session,
                     who.brand_id,
@@ -90,9 +107,9 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                     item.reason,
                     shortfall=body.shortfall,
                     batch_message_id=batch_id,
+                    locked=event,
                 )
             except IntakeError as exc:
-                savepoint.rollback()
                 results.append(
                     {
                         "id": str(item.id),
@@ -102,7 +119,6 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                     }
                 )
                 continue
-            savepoint.commit()
             already = answer.status_code == 200
             if answer.event.queue_message_id == batch_id:
                 batches[batch_id].append(item.id)
