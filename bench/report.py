@@ -40,6 +40,47 @@ TARGETS = (
 )
 
 
+# The JSON's headline keys (issue 5): each must hold a figure after a run.
+REQUIRED = (
+    "drain_per_s",
+    "bulk_drain_per_s",
+    "intake_per_s",
+    "intake_p99_ms",
+    "e2e_p99_ms",
+    "anchor_noop_per_s",
+    "anchor_tx_per_s",
+    "anchor_publish_per_s",
+    "drain_vs_anchor_tx",
+    "bulk_vs_anchor_tx",
+    "intake_vs_anchor_publish",
+    "line_growth_ratio",
+    "ledger_growth_ratio",
+    "worker_rss_mb",
+    "worker_rss_growth_mb",
+)
+
+
+def problems(results: dict[str, Any]) -> list[str]:
+    """What makes a run unusable: a missing figure, or a request not carried out.
+
+    A MISS is a result, not a problem; this is what `--quick` in CI checks.
+    """
+    found = [f"no figure for {key}" for key in REQUIRED if results.get(key) is None]
+    if "anchor_pgbench_tps" not in results:
+        found.append("no anchor_pgbench_tps key (null when pgbench is not installed)")
+    for phase in ("drain", "bulk"):
+        n, outcomes = results[phase]["n"], results[phase]["outcomes"]
+        if outcomes != {"REVERSED": n}:
+            found.append(f"{phase}: {n} requested, outcomes {outcomes}")
+    e2e = results["e2e"]
+    if e2e["reversed"] != e2e["requests"]:
+        found.append(f"end to end: {e2e['requests']} sent, {e2e['reversed']} reversed")
+    bad = {k: v for k, v in results["intake"]["statuses"].items() if k not in ("202", "429")}
+    if bad:
+        found.append(f"intake: unexpected statuses {bad}")
+    return found
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None

@@ -58,13 +58,17 @@ def bench(quick: bool, out: Path, chart: Path | None, profile: Path | None) -> N
     scale = QUICK if quick else FULL
     results = run(scale, profile)
     from bench.chart import draw
-    from bench.report import print_table, write_json
+    from bench.report import print_table, problems, write_json
 
     write_json(results, out)
     chart = chart or out.with_suffix(".png")
     draw(results, chart)
     print_table(results)
     click.echo(f"wrote {out} and {chart} in {results['duration_s']:.0f} s")
+    found = problems(results)
+    if found:
+        # Targets missed are results; a run that did not measure is a failure.
+        raise click.ClickException("the run is incomplete: " + "; ".join(found))
 
 
 class Progress:

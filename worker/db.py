@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 import structlog
+from celery import signals
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,3 +70,14 @@ def unit_of_work(factory: Callable[[], Session] | None = None) -> Iterator[Sessi
             yield session
     finally:
         session.close()
+
+
+def _own_pool_per_child(**_: object) -> None:
+    """A pool process must not share its parent's connections (the parent writes
+    poison-message dead letters): drop the inherited pool without closing the
+    parent's sockets; the child opens its own on first use."""
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+
+
+signals.worker_process_init.connect(_own_pool_per_child, weak=False)

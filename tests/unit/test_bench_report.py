@@ -1,0 +1,34 @@
+"""The bench's own check of a run (what CI's `reversals bench --quick` relies on)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from bench.report import REQUIRED, problems
+
+COMPLETE: dict[str, Any] = {
+    **dict.fromkeys(REQUIRED, 1.0),
+    "anchor_pgbench_tps": None,  # pgbench not installed: the key is there, null
+    "drain": {"n": 5, "outcomes": {"REVERSED": 5}},
+    "bulk": {"n": 5, "outcomes": {"REVERSED": 5}},
+    "e2e": {"requests": 3, "reversed": 3},
+    "intake": {"statuses": {"202": 40, "429": 2}},
+}
+
+
+def test_a_complete_run_has_no_problem() -> None:
+    assert problems(COMPLETE) == []
+
+
+def test_a_missing_figure_or_an_unfinished_phase_is_a_problem() -> None:
+    broken = copy.deepcopy(COMPLETE)
+    broken["intake_p99_ms"] = None
+    del broken["anchor_pgbench_tps"]
+    broken["bulk"]["outcomes"] = {"REVERSED": 4, "FAILED": 1}
+    broken["e2e"]["reversed"] = 2
+    broken["intake"]["statuses"]["500"] = 1
+    found = problems(broken)
+    assert len(found) == 5, found
+    assert any("intake_p99_ms" in p for p in found)
+    assert any(p.startswith("bulk:") for p in found)
