@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -93,6 +95,19 @@ class Metrics:
             HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # The routes are sync and run in anyio's threadpool (40 threads by default). A
+    # thread beyond the engine's connections (DB_POOL_SIZE plus as many overflow,
+    # worker.db) can only wait for one, while it competes for the GIL with those that
+    # have one: measured, that cost CPU per request and lengthened the tail. Requests
+    # beyond it wait in the event loop instead, in order.
+    settings: Settings = app.state.settings
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = 2 * settings.db_pool_size
+    yield
+
+
 def create_app(
     settings: Settings | None = None, session_factory: Callable[[], Session] | None = None
 ) -> FastAPI:
@@ -102,6 +117,7 @@ def create_app(
         version="0.1.0",
         description="Reverses loyalty-program events; see SPEC §4.",
         dependencies=[Depends(bind_log_context)],
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.session_factory = session_factory or get_sessionmaker()

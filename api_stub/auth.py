@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -84,7 +87,7 @@ def issue_token(settings: Settings, key: ApiKey) -> str:
     return jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
 
 
-def decode_token(settings: Settings, token: str) -> Principal:
+def _decode(settings: Settings, token: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
             token,
@@ -93,9 +96,42 @@ def decode_token(settings: Settings, token: str) -> Principal:
             issuer=settings.jwt_issuer,
             options={"require": ["exp", "iat", "iss", "sub", "kid"]},
         )
-        return Principal(brand_id=uuid.UUID(claims["sub"]), key_id=uuid.UUID(claims["kid"]))
+        who = Principal(brand_id=uuid.UUID(claims["sub"]), key_id=uuid.UUID(claims["kid"]))
+        return who, float(claims["exp"])
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise AuthError("invalid or expired token") from exc
+
+
+def decode_token(settings: Settings, token: str) -> Principal:
+    return _decode(settings, token)[0]
+
+
+# Tokens already verified in this process. A client sends the same token for up to an
+# hour, and verifying its HMAC on every request is a measurable share of a request's
+# CPU. Only a token that verified is remembered, under the secret and issuer it
+# verified with, and only until its own `exp`: a hit is exactly what jwt.decode would
+# answer now (the signature cannot change; nbf and iat were already in the past).
+_VERIFIED: OrderedDict[tuple[str, str, str], tuple[Principal, float]] = OrderedDict()
+_VERIFIED_MAX = 4096
+_verified_lock = threading.Lock()
+
+
+def verify_token(settings: Settings, token: str) -> Principal:
+    """decode_token, remembering tokens that verified until they expire."""
+    key = (settings.jwt_secret, settings.jwt_issuer, token)
+    with _verified_lock:
+        known = _VERIFIED.get(key)
+        if known is not None:
+            if time.time() < known[1]:
+                _VERIFIED.move_to_end(key)
+                return known[0]
+            del _VERIFIED[key]
+    who, expires = _decode(settings, token)
+    with _verified_lock:
+        _VERIFIED[key] = (who, expires)
+        if len(_VERIFIED) > _VERIFIED_MAX:
+            _VERIFIED.popitem(last=False)
+    return who
 
 
 class KeyNotFound(LookupError):
@@ -130,7 +166,38 @@ def revoke_api_key(session: Session, brand_id: uuid.UUID | None, prefix_or_id: s
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         session.flush()
+        forget_live_keys()
     return key
+
+
+# Keys found live, per process, for KEY_LIVE_TTL seconds (docs/decisions.md, HTTP):
+# checking the key on every request was a transaction of its own (a pool checkout, a
+# ping, a SELECT and a COMMIT) for an answer that changes once in a key's life. Only
+# a live answer is remembered; a revoked or unknown key is looked up every time.
+KEY_LIVE_TTL = 2.0
+_LIVE: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
+_LIVE_MAX = 4096
+_live_lock = threading.Lock()
+
+
+def forget_live_keys() -> None:
+    """Drop this process's liveness cache: a revocation made here applies at once."""
+    with _live_lock:
+        _LIVE.clear()
+
+
+def key_is_live_cached(principal: Principal) -> bool:
+    """True if the key was found live less than KEY_LIVE_TTL seconds ago in this process."""
+    with _live_lock:
+        until = _LIVE.get((principal.key_id, principal.brand_id))
+    return until is not None and time.monotonic() < until
+
+
+def remember_live(principal: Principal) -> None:
+    with _live_lock:
+        if len(_LIVE) >= _LIVE_MAX:
+            _LIVE.clear()
+        _LIVE[(principal.key_id, principal.brand_id)] = time.monotonic() + KEY_LIVE_TTL
 
 
 def key_is_live(session: Session, principal: Principal) -> bool:

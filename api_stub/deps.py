@@ -8,8 +8,16 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from api_stub.auth import AuthError, Principal, decode_token, key_is_live
+from api_stub.auth import (
+    AuthError,
+    Principal,
+    key_is_live,
+    key_is_live_cached,
+    remember_live,
+    verify_token,
+)
 from api_stub.errors import ApiError
 from worker.db import unit_of_work
 from worker.settings import Settings
@@ -32,19 +40,30 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def principal(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-) -> Principal:
-    if not authorization or not authorization.startswith("Bearer "):
-        raise _unauthorized("missing bearer token")
-    try:
-        who = decode_token(settings_of(request), authorization.removeprefix("Bearer ").strip())
-    except AuthError as exc:
-        raise _unauthorized(str(exc)) from exc
+def _check_live(request: Request, who: Principal) -> None:
     with transaction(request) as session:
         if not key_is_live(session, who):
             raise _unauthorized("the API key behind this token was revoked")
+    remember_live(who)
+
+
+async def principal(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The verified token's brand and key, the key found live (api_stub.auth caches both).
+
+    Async so that a request whose token and key are known costs no trip to the
+    threadpool here; only a lookup of the key's row goes there.
+    """
+    if not authorization or not authorization.startswith("Bearer "):
+        raise _unauthorized("missing bearer token")
+    try:
+        who = verify_token(settings_of(request), authorization.removeprefix("Bearer ").strip())
+    except AuthError as exc:
+        raise _unauthorized(str(exc)) from exc
+    if not key_is_live_cached(who):
+        await run_in_threadpool(_check_live, request, who)
     return who
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -89,31 +88,14 @@ class RequestLog:
             structlog.contextvars.clear_contextvars()
 
 
-# Tokens already verified, for the log's brand_id: a client sends the same token for
-# an hour, and verifying it twice per request (here and in the route) costs CPU.
-_VERIFIED: OrderedDict[tuple[str, str, str], tuple[str, float]] = OrderedDict()
-VERIFIED_TTL = 60.0
-VERIFIED_MAX = 4096
-
-
 def _brand_of(settings: Any, token: str) -> str | None:
-    now = time.monotonic()
-    key = (settings.jwt_secret, settings.jwt_issuer, token)
-    known = _VERIFIED.get(key)
-    if known is not None and now - known[1] < VERIFIED_TTL:
-        _VERIFIED.move_to_end(key)
-        return known[0]
-    from api_stub.auth import decode_token
+    from api_stub.auth import verify_token
 
     # A token that does not verify only means no brand_id: the route refuses it, and
-    # the log's context must never be what fails a request.
+    # the log's context must never be what fails a request. Verified tokens are
+    # remembered (api_stub.auth.verify_token), so the route's own check is a lookup.
     with contextlib.suppress(Exception):
-        brand_id = str(decode_token(settings, token).brand_id)
-        _VERIFIED[key] = (brand_id, now)
-        _VERIFIED.move_to_end(key)
-        if len(_VERIFIED) > VERIFIED_MAX:
-            _VERIFIED.popitem(last=False)
-        return brand_id
+        return str(verify_token(settings, token).brand_id)
     return None
 
 

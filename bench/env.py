@@ -25,6 +25,8 @@ from typing import IO, Any
 
 import psycopg
 
+from worker.procs import alive
+
 BIN = Path(sys.executable).parent
 
 
@@ -104,16 +106,6 @@ def libpq(url: str) -> str:
     return url
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -178,14 +170,14 @@ class Bench:
             for (name,) in stale:
                 owner = name[len(prefix) :].split("_", 1)[0]
                 # A run's databases carry its pid: drop only those whose run is gone.
-                if owner.isdigit() and not _alive(int(owner)):
+                if owner.isdigit() and not alive(int(owner)):
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             for url in (self.url, *self.ledger_urls):
                 conn.execute(f'CREATE DATABASE "{db_name(url)}"')
                 self._dbs.append(db_name(url))
         os.environ.update(self.child_env())
         get_settings.cache_clear()
-        self._drop_broker_keys(lambda pid: not _alive(pid))
+        self._drop_broker_keys(lambda pid: not alive(pid))
         from worker.migrate import upgrade
 
         for url in (self.url, *self.ledger_urls):

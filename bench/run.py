@@ -181,6 +181,8 @@ def _measure(
         base, token, pools["intake"], scale.intake_concurrency, scale.intake_seconds
     )
     taken = phases["intake"]
+    # `reversals api` as started above runs one worker process per core (worker.cli).
+    taken["api_workers"] = cores
     say(f"  {taken['per_s']:,.0f}/s, p50 {taken['p50_ms']} ms, p99 {taken['p99_ms']} ms")
     bench.stop(api)
     bench.purge_queue()

@@ -22,6 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from worker.procs import alive
+
 ROOT = Path(__file__).resolve().parents[1]
 _embedded: Any = None
 
@@ -34,16 +36,6 @@ def _with_db(url: str, name: str) -> str:
 
 def _db_name(url: str) -> str:
     return url.partition("?")[0].rsplit("/", 1)[1] or "postgres"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ).fetchall()
         for (name,) in names:
             # A run's database is named after its pid: drop only those whose run is gone.
-            if not _alive(int(name.rsplit("_", 1)[1])):
+            if not alive(int(name.rsplit("_", 1)[1])):
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{test_db}"')
     os.environ["DATABASE_URL"] = _with_db(database_url, test_db)

@@ -37,7 +37,21 @@ def _worker_cmd(concurrency: int | None, queues: str, pool: str, loglevel: str) 
     return cmd
 
 
-def _api_cmd(host: str, port: int) -> list[str]:
+def _api_cmd(host: str, port: int, workers: int | None = None) -> list[str]:
+    if workers is not None and workers > 1:
+        # uvicorn's supervisor and its workers, with the service's logging and the
+        # workers' metrics summed (api_stub.serve).
+        return [
+            sys.executable,
+            "-m",
+            "api_stub.serve",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
     return [
         sys.executable,
         "-m",
@@ -86,11 +100,19 @@ def migrate() -> None:
 @main.command()
 @click.option("--host", default=None, help="bind address (default API_HOST)")
 @click.option("--port", type=int, default=None, help="port (default API_PORT)")
-def api(host: str | None, port: int | None) -> None:
-    """Run the HTTP intake (uvicorn)."""
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(min=1),
+    default=None,
+    help="uvicorn worker processes (default: cores)",
+)
+def api(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the HTTP intake (uvicorn), one process per core unless --workers says otherwise."""
     settings = get_settings()
     _urls()
-    cmd = _api_cmd(host or settings.api_host, port or settings.api_port)
+    workers = workers or os.cpu_count() or 1
+    cmd = _api_cmd(host or settings.api_host, port or settings.api_port, workers)
     os.execv(cmd[0], cmd)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from typing import Any
 import structlog
 from celery import signals
 
+from worker.procs import fresh_directory
 from worker.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -209,29 +209,9 @@ class _State:
     started: dict[str, float] = {}  # noqa: RUF012 - one per process, on purpose
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def prepare_directory(state_dir: Path) -> Path:
     """A fresh multiprocess directory for this worker; stale ones of dead workers go."""
-    root = state_dir.resolve() / "prometheus"
-    host = socket.gethostname()
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob(f"worker-{host}-*"):
-        pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    directory = root / f"worker-{host}-{os.getpid()}"
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir()
-    return directory
+    return fresh_directory(state_dir, "worker")
 
 
 def _worker_starting(**_: Any) -> None:

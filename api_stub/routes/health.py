@@ -6,11 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from api_stub import responses as docs
 from api_stub.deps import transaction
+from api_stub.multiprocess import multiprocess_dir
 from worker.celery_app import app as celery_app
 
 router = APIRouter()
@@ -47,4 +49,11 @@ def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    directory = multiprocess_dir()
+    if directory is None:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # Several api processes (`reversals api --workers`): the sum of all of them.
+    registry = CollectorRegistry()
+    collector: Any = MultiProcessCollector  # untyped in prometheus_client
+    collector(registry, path=directory)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

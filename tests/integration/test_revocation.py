@@ -1,9 +1,12 @@
 """Revoking an API key (SPEC §4): the key gets no new token, and every token it
-already got stops working at once, because each request checks the key is live."""
+already got stops working: at once in the process that revoked it, and within
+api_stub.auth.KEY_LIVE_TTL seconds in every other api process, which remember a
+key found live for that long (docs/decisions.md)."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +14,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
+from api_stub import auth
 from api_stub.app import create_app
 from api_stub.auth import KeyNotFound, create_api_key, hash_key, revoke_api_key
 from tests.support import World
@@ -73,6 +77,30 @@ def test_a_revoked_key_gets_no_token_and_its_tokens_stop_at_once(
     assert client.get(f"{BASE}/behavior/events/{event_id}", headers=other).status_code == 200
     assert world.get(event_id).status == "RESOLVED"
     world.check()
+
+
+def test_a_key_revoked_elsewhere_stops_its_tokens_within_the_ttl(
+    client: TestClient,
+    world: World,
+    db_factory: Callable[[], Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A revocation this process did not make (the CLI, another api process) is seen
+    once this process's memory of the key as live has lapsed: KEY_LIVE_TTL at most."""
+    monkeypatch.setattr(auth, "KEY_LIVE_TTL", 0.5)
+    auth.forget_live_keys()
+    event_id = world.event(uuid.uuid4(), accumulate=[100])
+    before = _token(client, world.api_key)
+    assert client.get(f"{BASE}/behavior/events/{event_id}", headers=before).status_code == 200
+    # Revoked behind this process's back: no revoke_api_key here, so nothing forgotten.
+    with unit_of_work(db_factory) as session:
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.key_hash == hash_key(world.api_key))
+            .values(revoked_at=func.now())
+        )
+    time.sleep(0.6)
+    _assert_401(client, before, event_id)
 
 
 def test_revoking_twice_keeps_the_first_revocation_time(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
 
-from api_stub.auth import AuthError, decode_token, hash_key, issue_token
+from api_stub.auth import AuthError, decode_token, hash_key, issue_token, verify_token
 from worker.models import ApiKey
 from worker.settings import Settings
 
@@ -65,6 +66,23 @@ def _claims(**override: object) -> dict[str, object]:
 def test_bad_tokens_are_refused(token: str) -> None:
     with pytest.raises(AuthError):
         decode_token(SETTINGS, token)
+    with pytest.raises(AuthError):
+        verify_token(SETTINGS, token)
+
+
+def test_a_remembered_token_is_refused_once_it_expires_or_under_another_secret() -> None:
+    """verify_token remembers a verified token only until its exp, and per secret."""
+    expires = int(time.time()) + 1
+    token = jwt.encode(_claims(exp=expires), SETTINGS.jwt_secret, algorithm="HS256")
+    who = verify_token(SETTINGS, token)
+    assert verify_token(SETTINGS, token) == who == decode_token(SETTINGS, token)
+    other = Settings(jwt_secret="other-secret-" + "0123456789abcdef" * 4, database_url="x")
+    with pytest.raises(AuthError):
+        verify_token(other, token)
+    while time.time() <= expires + 0.05:
+        time.sleep(0.05)
+    with pytest.raises(AuthError):
+        verify_token(SETTINGS, token)
 
 
 def test_alg_none_is_refused() -> None:

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from worker.ledger.wallet import LIVE_STATES
 from worker.models import (
-    Allocation,
     Campaign,
     Event,
     GiftCard,
     Line,
-    Redemption,
     Reward,
-    TierChange,
     Transaction,
     Wallet,
 )
@@ -114,39 +113,76 @@ def campaign_names(session: Session, brand_id: uuid.UUID) -> dict[uuid.UUID, str
     return dict(rows.all())
 
 
+# Everything of an event's result, in one statement (one round trip): each part is
+# the table's own rows as JSON, so the Python below formats them with the same
+# functions as the ORM objects elsewhere (line_view, transaction_view, ...). A
+# transaction carries its line and its campaign's name; a redemption's allocation
+# its line. `cost` comes as text, to be read as the Decimal the ORM would give.
+_EVENT_RESULT = text(
+    """
+    SELECT
+      (SELECT coalesce(json_agg(l), '[]') FROM lines l WHERE l.event_id = :event_id)::text,
+      (SELECT coalesce(jsonb_agg(
+                to_jsonb(t) || jsonb_build_object(
+                  'cost', t.cost::text, 'campaign_name', c.name, 'line', to_jsonb(tl))
+                ORDER BY t.seq), '[]')
+         FROM transactions t
+         LEFT JOIN campaigns c ON c.id = t.campaign_id AND c.brand_id = :brand_id
+         LEFT JOIN lines tl ON tl.id = t.line_id
+        WHERE t.event_id = :event_id)::text,
+      (SELECT coalesce(json_agg(json_build_object('amount', a.amount, 'line', al)
+                ORDER BY r.id, a.id), '[]')
+         FROM allocations a
+         JOIN redemptions r ON r.id = a.redemption_id
+         JOIN lines al ON al.id = a.line_id
+        WHERE r.event_id = :event_id)::text,
+      (SELECT coalesce(json_agg(g ORDER BY g.rewarded_at), '[]')
+         FROM gift_cards g WHERE g.event_id = :event_id)::text,
+      (SELECT coalesce(json_agg(tc ORDER BY tc.at), '[]')
+         FROM tier_changes tc WHERE tc.event_id = :event_id)::text
+    """
+)
+_LINE_TIMES = ("issued_at", "expiration_date", "reservation_expires_at", "created_at")
+_CARD_TIMES = ("rewarded_at", "expired_at", "redeemed_at", "voided_at")
+
+
+def _moment(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _row(values: dict[str, Any], times: tuple[str, ...]) -> Any:
+    """A row read as JSON, with its timestamps as the datetimes the ORM would give.
+
+    It has the attributes of the model's instance, which is all the views read.
+    """
+    for name in times:
+        values[name] = _moment(values[name])
+    return SimpleNamespace(**values)
+
+
 def event_view(session: Session, event: Event) -> dict[str, Any]:
     """The seed's event object, plus brand_id, channel_id, store_id and `reversal`."""
-    lines = {
-        line.id: line for line in session.scalars(select(Line).where(Line.event_id == event.id))
-    }
-    txs = list(
-        session.scalars(
-            select(Transaction).where(Transaction.event_id == event.id).order_by(Transaction.seq)
-        )
-    )
-    missing = {tx.line_id for tx in txs if tx.line_id and tx.line_id not in lines}
-    allocations: list[tuple[Allocation, Line]] = [
-        (allocation, line)
-        for allocation, line in session.execute(
-            select(Allocation, Line)
-            .join(Redemption, Redemption.id == Allocation.redemption_id)
-            .join(Line, Line.id == Allocation.line_id)
-            .where(Redemption.event_id == event.id)
-            .order_by(Redemption.id, Allocation.id)
-        )
+    session.flush()  # a textual statement does not autoflush; the ORM's queries did
+    lines_json, txs_json, allocations_json, cards_json, tiers_json = session.execute(
+        _EVENT_RESULT, {"event_id": event.id, "brand_id": event.brand_id}
+    ).one()
+    lines = [_row(line, _LINE_TIMES) for line in json.loads(lines_json)]
+    redemptions = [
+        line_view(_row(a["line"], _LINE_TIMES), a["amount"]) for a in json.loads(allocations_json)
     ]
-    other_lines = {line.id: line for _, line in allocations}
-    if missing - other_lines.keys():
-        for line in session.scalars(select(Line).where(Line.id.in_(missing))):
-            other_lines[line.id] = line
-    all_lines = {**other_lines, **lines}
-    names = campaign_names(session, event.brand_id)
-    cards = session.scalars(
-        select(GiftCard).where(GiftCard.event_id == event.id).order_by(GiftCard.rewarded_at)
-    )
-    tiers = session.scalars(
-        select(TierChange).where(TierChange.event_id == event.id).order_by(TierChange.at)
-    )
+    transactions = []
+    names: dict[Any, str] = {}
+    for values in json.loads(txs_json):
+        line = values.pop("line")
+        values["metadata_"] = values.pop("metadata")
+        values["cost"] = Decimal(values["cost"])
+        if values["campaign_id"] is not None and values["campaign_name"] is not None:
+            names[values["campaign_id"]] = values["campaign_name"]
+        tx = _row(values, ("created_at", "issued_at"))
+        line_row = _row(line, _LINE_TIMES) if line is not None else None
+        transactions.append(transaction_view(tx, line_row, names))
+    cards = [_row(card, _CARD_TIMES) for card in json.loads(cards_json)]
+    tiers = [_row(change, ("at",)) for change in json.loads(tiers_json)]
     return {
         "id": str(event.id),
         "customer_id": str(event.customer_id),
@@ -162,13 +198,10 @@ def event_view(session: Session, event: Event) -> dict[str, Any]:
             "customer": event.result_customer or {"id": str(event.customer_id)},
             "gift_card": [gift_card_view(card) for card in cards],
             "accumulations": [
-                line_view(line) for line in sorted(lines.values(), key=lambda x: x.created_at)
+                line_view(line) for line in sorted(lines, key=lambda x: x.created_at)
             ],
-            "redemptions": [line_view(line, a.amount) for a, line in allocations],
-            "transactions": [
-                transaction_view(tx, all_lines.get(tx.line_id) if tx.line_id else None, names)
-                for tx in txs
-            ],
+            "redemptions": redemptions,
+            "transactions": transactions,
             "customer_by_tier": [
                 {
                     "customer_id": str(change.customer_id),
