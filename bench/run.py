@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import random
+import signal
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -96,6 +97,10 @@ def _quiet() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(scale: Scale, profile: Path | None = None) -> dict[str, Any]:
     _quiet()
     say = Progress()
@@ -103,6 +108,9 @@ def run(scale: Scale, profile: Path | None = None) -> dict[str, Any]:
     started = datetime.now(UTC)
     load_start = [round(x, 2) for x in os.getloadavg()]
     bench = Bench(scale)
+    # A run stopped by SIGTERM (a CI timeout, kill) cleans up as Ctrl-C does: its
+    # worker, api and databases must not outlive it.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         say(f"set-up: databases and queue ({scale.name} run, {cores} cores)")
         bench.open()
