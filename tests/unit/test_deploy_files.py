@@ -537,3 +537,10 @@ def test_dockerfile_checks_catch(old: str, new: str, expected: str) -> None:
     assert old in text
     problems = dockerfile_problems(text.replace(old, new, 1))
     assert any(expected in problem for problem in problems), problems
+
+
+def test_compose_workers_serve_their_metrics_to_the_network(compose_doc: dict[str, Any]) -> None:
+    # The default bind (127.0.0.1) would be unreachable from Prometheus in another container.
+    worker = _environment(compose_doc["services"]["worker"])
+    assert worker["WORKER_METRICS_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container, on purpose
+    assert worker["DATABASE_URL"] == _environment(compose_doc["services"]["api"])["DATABASE_URL"]
