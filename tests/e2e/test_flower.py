@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +19,10 @@ import pytest
 from tests.support import World
 from worker.db import get_sessionmaker, unit_of_work
 from worker.models import Event
+from worker.procs import free_port, stop_group, wait_until
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -109,7 +80,7 @@ def flower(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         yield {"base": base, "auth": auth, "logs": logs}
     finally:
         for proc in processes:
-            stop(proc)
+            stop_group(proc)
 
 
 def test_flower_shows_a_finished_reversal_by_its_queue_message_id(flower: dict[str, Any]) -> None:

@@ -25,9 +25,10 @@ import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the lock
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_stub.auth import create_brand
-from tests.e2e.test_flower import free_port, start, stop, wait_until
+from tests.e2e.test_flower import start
 from worker.celery_app import app as celery_app
 from worker.db import unit_of_work
+from worker.procs import free_port, stop_group, wait_until
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,8 +83,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         wait_until(lambda: answers(urls["worker_metrics"]), 40, "the worker's metrics")
         yield {"urls": urls, "logs": logs, "processes": (api, worker)}
     finally:
-        stop(api)
-        stop(worker)
+        stop_group(api)
+        stop_group(worker)
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +266,7 @@ def test_logs_are_json_lines_with_the_context_and_no_secret(
     stack: dict[str, Any], reversal: dict[str, Any]
 ) -> None:
     for proc in stack["processes"]:
-        stop(proc)  # the whole output, shutdown lines included
+        stop_group(proc)  # the whole output, shutdown lines included
     logs: Path = stack["logs"]
     text = (logs / "api.log").read_text() + (logs / "worker.log").read_text()
     for what, secret in reversal["secrets"].items():

@@ -4,14 +4,10 @@ the committed test database (not the rollback fixture: other processes must see 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, select
 
@@ -19,6 +15,7 @@ from tests.support import World
 from worker.db import get_sessionmaker, unit_of_work
 from worker.ledger.invariants import assert_invariants
 from worker.models import Event, Transaction
+from worker.procs import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,28 +55,6 @@ def start_worker(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 60, what: str = "it") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status(event_id: uuid.UUID) -> str:

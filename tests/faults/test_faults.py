@@ -29,13 +29,12 @@ from tests.faults.harness import (
     reversal_count,
     start_worker,
     status,
-    stop,
     wait_status,
-    wait_until,
 )
 from tests.support import World
 from worker.db import unit_of_work
 from worker.models import DeadLetter, Event, Line
+from worker.procs import stop_group, wait_until
 from worker.publish import publish
 from worker.settings import get_settings
 from worker.sweeper import sweep
@@ -78,7 +77,7 @@ def test_child_killed_after_commit_before_ack_is_reversed_once(fault_dir: Path) 
         wait_until(lambda: deliveries(fault_dir) >= 2, 60, "the redelivery")
         assert (fault_dir / "killed").exists()
     finally:
-        stop(worker)
+        stop_group(worker)
     assert world.get(purchase).reversal_attempts == 1
     assert reversal_count(purchase) == 4
     assert world.balance(customer) == 500
@@ -94,7 +93,7 @@ def test_main_process_killed_mid_task_is_finished_by_the_sweeper(fault_dir: Path
         world.request_reversal(purchase)
         wait_until(lambda: deliveries(fault_dir) >= 1, 60, "the task to start")
     finally:
-        stop(first, signal.SIGKILL)  # the whole worker, main process and child
+        stop_group(first, signal.SIGKILL)  # the whole worker, main process and child
     assert status(purchase) in ("PENDING", "PROCESSING")  # in flight, its message unacked
     second = start_worker(fault_dir, "rescuer", env)
     try:
@@ -102,7 +101,7 @@ def test_main_process_killed_mid_task_is_finished_by_the_sweeper(fault_dir: Path
         assert sweep(get_settings().pending_lease) >= 1
         wait_status(purchase, "REVERSED")
     finally:
-        stop(second)
+        stop_group(second)
     assert reversal_count(purchase) == 4
     assert world.balance(customer) == 500
     check_ledger(customer)
@@ -122,7 +121,7 @@ def test_a_message_deleted_from_redis_is_published_again(fault_dir: Path) -> Non
         assert sweep(get_settings().pending_lease) >= 1
         wait_status(purchase, "REVERSED")
     finally:
-        stop(worker)
+        stop_group(worker)
     assert reversal_count(purchase) == 4
     check_ledger(customer)
 
@@ -142,7 +141,7 @@ def test_the_same_message_published_twice_to_two_workers_reverses_once(fault_dir
         wait_until(lambda: deliveries(fault_dir) >= 3, 60, "all three deliveries")
     finally:
         for worker in workers:
-            stop(worker)
+            stop_group(worker)
     assert reversal_count(purchase) == 4
     assert world.balance(customer) == 500
     check_ledger(customer)
@@ -162,7 +161,7 @@ def test_a_permanent_error_fails_at_once_with_a_dead_letter(fault_dir: Path) -> 
         wait_status(purchase, "FAILED")
         time.sleep(1)
     finally:
-        stop(worker)
+        stop_group(worker)
     event = world.get(purchase)
     assert event.reversal_status == "FAILED" and event.reversal_dead_lettered
     assert deliveries(fault_dir) == 1  # no retry loop
@@ -210,7 +209,7 @@ def test_poison_messages_become_dead_letters_and_the_worker_goes_on(fault_dir: P
         wait_status(purchase, "REVERSED")
         assert worker.poll() is None
     finally:
-        stop(worker)
+        stop_group(worker)
     check_ledger(customer)
 
 
@@ -266,7 +265,7 @@ def test_exhausted_retries_dead_letter_then_replay_reverses_exactly_once(fault_d
         assert "ALREADY_REPLAYED" in dlq("replay", str(letter.id))
         time.sleep(1)
     finally:
-        stop(worker)
+        stop_group(worker)
         with unit_of_work() as session:
             session.execute(text("DROP TRIGGER IF EXISTS fault_claim ON events"))
     assert status(purchase) == "REVERSED"
@@ -288,7 +287,7 @@ def test_sigterm_finishes_the_task_in_hand_and_loses_nothing(fault_dir: Path) ->
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
     finally:
-        stop(worker)
+        stop_group(worker)
     assert status(purchase) == "REVERSED"  # warm shutdown finished the task in hand
     after = start_worker(fault_dir, "after-term")
     try:
@@ -298,7 +297,7 @@ def test_sigterm_finishes_the_task_in_hand_and_loses_nothing(fault_dir: Path) ->
         sweep(get_settings().pending_lease)
         wait_status(other, "REVERSED")
     finally:
-        stop(after)
+        stop_group(after)
     assert reversal_count(purchase) == 4 and reversal_count(other) == 4
     check_ledger(customer)
     with unit_of_work() as session:

@@ -20,11 +20,11 @@ import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from tests.faults.harness import stop, wait_until
-from worker.chaos import LocalPostgres, LocalRedis, free_port
+from worker.chaos import LocalPostgres, LocalRedis
 from worker.ledger.invariants import assert_invariants
 from worker.migrate import upgrade
 from worker.models import Event, Transaction
+from worker.procs import free_port, stop_group, wait_until
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -107,7 +107,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         engine.dispose()
     finally:
         for proc in procs.values():
-            stop(proc)
+            stop_group(proc)
         broker.stop()
         database.stop()
 
@@ -175,7 +175,7 @@ def test_redis_stopped_while_requests_arrive_then_restarted(stack: dict[str, Any
 def test_a_flushed_redis_loses_no_request(stack: dict[str, Any]) -> None:
     made = _resolved_events(stack, 5)
     worker = stack["procs"]["worker"]
-    stop(worker)
+    stop_group(worker)
     for event_id, _ in made:
         answer = stack["http"].post(
             f"{BASE}/behavior/events/{event_id}/reverse", json={"reason": "fraud"}
