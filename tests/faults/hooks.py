@@ -6,7 +6,10 @@ Driven by environment variables so each test arms exactly what it needs:
   and where one-shot faults leave their marker;
 - FAULT_KILL_AFTER_COMMIT=1: SIGKILL the worker child once, after the task's
   transaction committed and before the message is acknowledged (task_postrun);
-- FAULT_SLOW_SECONDS=N: sleep N seconds before the first delivery runs (task_prerun).
+- FAULT_SLOW_SECONDS=N: sleep N seconds before the first delivery runs (task_prerun);
+- FAULT_KILL_MID_BATCH=1: SIGKILL the worker child once, right after the armed
+  event's own transaction committed inside a bulk batch, before the batch's
+  next event and before the message is acknowledged.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from celery import signals
 
 
 def _mine(sender: Any, args: Any) -> bool:
-    """A reversal message of the armed event (its first-processing messages don't count)."""
+    """A reversal message of the armed event, alone or in a bulk batch (its
+    first-processing messages don't count)."""
     target = os.environ.get("FAULT_EVENT")
     name = getattr(sender, "name", "")
-    return (
-        bool(target) and name == "reversals.reverse_event" and bool(args) and str(args[0]) == target
-    )
+    if not target or not args:
+        return False
+    if name == "reversals.reverse_events":
+        return len(args) > 1 and isinstance(args[1], list) and target in args[1]
+    return name == "reversals.reverse_event" and str(args[0]) == target
 
 
 def _once(name: str) -> bool:
@@ -53,3 +59,18 @@ def _before(sender: Any = None, args: Any = None, **_: Any) -> None:
 def _after(sender: Any = None, args: Any = None, **_: Any) -> None:
     if _mine(sender, args) and os.environ.get("FAULT_KILL_AFTER_COMMIT") and _once("killed"):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+if os.environ.get("FAULT_KILL_MID_BATCH"):
+    from worker import processing
+
+    _apply = processing.apply
+
+    def _apply_then_die(event_id: Any, *args: Any, **kwargs: Any) -> str:
+        outcome = _apply(event_id, *args, **kwargs)
+        if str(event_id) == os.environ.get("FAULT_EVENT") and _once("killed"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return outcome
+
+    # handle_batch looks `apply` up in its module at each call.
+    processing.apply = _apply_then_die

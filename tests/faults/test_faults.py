@@ -33,9 +33,10 @@ from tests.faults.harness import (
 )
 from tests.support import World
 from worker.db import unit_of_work
+from worker.intake import request_reversal
 from worker.models import DeadLetter, Event, Line
 from worker.procs import stop_group, wait_until
-from worker.publish import publish
+from worker.publish import publish, publish_batch
 from worker.settings import get_settings
 from worker.sweeper import sweep
 
@@ -82,6 +83,43 @@ def test_child_killed_after_commit_before_ack_is_reversed_once(fault_dir: Path) 
     assert reversal_count(purchase) == 4
     assert world.balance(customer) == 500
     check_ledger(customer)
+
+
+def test_child_killed_in_the_middle_of_a_bulk_batch_reverses_each_event_once(
+    fault_dir: Path,
+) -> None:
+    world = committed_world()
+    purchases = [_purchase(world) for _ in range(3)]
+    middle = purchases[1][1]
+    worker = start_worker(
+        fault_dir,
+        "killed-mid-batch",
+        {"FAULT_EVENT": str(middle), "FAULT_DIR": str(fault_dir), "FAULT_KILL_MID_BATCH": "1"},
+    )
+    batch = str(uuid.uuid4())
+    try:
+        with unit_of_work() as session:
+            for _, purchase in purchases:
+                request_reversal(
+                    session, world.brand_id, purchase, "refund", batch_message_id=batch
+                )
+        publish_batch(batch, [purchase for _, purchase in purchases])
+        for _, purchase in purchases:
+            wait_status(purchase, "REVERSED")
+        # The child died after the middle event's commit; the batch came back whole.
+        wait_until(lambda: deliveries(fault_dir) >= 2, 60, "the redelivery")
+        assert (fault_dir / "killed").exists()
+    finally:
+        stop_group(worker)
+    first, second, third = (world.get(purchase) for _, purchase in purchases)
+    # Claimed together once; the last was claimed again on the redelivery, the
+    # first two were done and ignored.
+    assert (first.reversal_attempts, second.reversal_attempts) == (1, 1)
+    assert third.reversal_attempts == 2
+    for customer, purchase in purchases:
+        assert reversal_count(purchase) == 4
+        assert world.balance(customer) == 500
+        check_ledger(customer)
 
 
 def test_main_process_killed_mid_task_is_finished_by_the_sweeper(fault_dir: Path) -> None:
