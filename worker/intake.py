@@ -203,8 +203,6 @@ def request_reversal(
     event.reversal_policy = shortfall
     event.reversal_shortfall = None
     enqueue(session, event, batch_message_id)
-    if batch_message_id is None:
-        session.flush()  # a batch's caller flushes all of its events at once
     return ReversalAnswer(202, event)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 from celery import signals
 
+from worker.processing import BATCH_TASK
 from worker.procs import fresh_directory
 from worker.settings import Settings, get_settings
 
@@ -43,7 +44,6 @@ log = structlog.get_logger(__name__)
 
 REVERSE_TASK = "reversals.reverse_event"
 PROCESS_TASK = "reversals.process_event"
-BATCH_TASK = "reversals.reverse_events"
 SWEEP_TASK = "reversals.sweep"
 EXPIRY_TASKS = {"reversals.expire_lines": "lines", "reversals.expire_reservations": "reservations"}
 OUTCOMES = {"REVERSED", "CANCELLED", "RESOLVED", "FAILED", "IGNORED"}

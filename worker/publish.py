@@ -7,6 +7,7 @@ import uuid
 import structlog
 
 from worker.celery_app import app
+from worker.processing import BATCH_TASK
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +30,7 @@ def publish_batch(message_id: str, event_ids: list[uuid.UUID]) -> None:
     """Send a bulk request's batch: one message, its id the events' `queue_message_id`."""
     try:
         app.send_task(
-            "reversals.reverse_events",
+            BATCH_TASK,
             args=[message_id, [str(e) for e in event_ids]],
             task_id=message_id,
         )

@@ -12,7 +12,8 @@ import json
 import random
 import traceback
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import structlog
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -36,6 +37,7 @@ from worker.settings import get_settings
 from worker.sweeper import sweep
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     OperationalError,  # connection lost, serialization failure, deadlock (psycopg maps them here)
@@ -101,25 +103,48 @@ def run(
     """One delivery. Every argument is optional so that a truncated, padded or
     wrong-typed body reaches this check and becomes a dead letter, instead of a
     TypeError in Celery's call that leaves only a log line."""
-    settings = get_settings()
     problem = undecodable(event_id, message_id, extra, unknown)
     if problem is not None:
-        log.error("undecodable_task_body", task_name=task.name, error=problem)
-        _dead_letter(task, None, message_id if isinstance(message_id, str) else "", problem)
-        return "FAILED"
+        return _refuse(task, message_id, problem)
     parsed = uuid.UUID(event_id)
+    return _deliver(
+        task,
+        message_id,
+        lambda: handle_message(parsed, message_id),
+        stranded=lambda: [parsed],
+        event_id=event_id,
+    )
+
+
+def _refuse(task: Any, message_id: Any, problem: str) -> str:
+    """A body that is not the task's: FAILED, kept as a dead letter."""
+    log.error("undecodable_task_body", task_name=task.name, error=problem)
+    _dead_letter(task, None, message_id if isinstance(message_id, str) else "", problem)
+    return "FAILED"
+
+
+def _deliver(
+    task: Any,
+    message_id: str,
+    work: Callable[[], T],
+    stranded: Callable[[], Iterable[uuid.UUID]],
+    **context: Any,
+) -> T | str:
+    """Run a delivery's work: transient errors retry with backoff; a permanent one, or
+    the last retry, ends the `stranded` events FAILED, each with its dead letter."""
     structlog.contextvars.bind_contextvars(
-        event_id=event_id, queue_message_id=message_id, attempt=task.request.retries + 1
+        queue_message_id=message_id, attempt=task.request.retries + 1, **context
     )
     try:
-        return handle_message(parsed, message_id)
+        return work()
     except Exception as exc:
-        if is_transient(exc) and task.request.retries < settings.task_max_retries:
+        if is_transient(exc) and task.request.retries < get_settings().task_max_retries:
             delay = backoff(task.request.retries)
             log.warning("transient_error_retrying", error=str(exc), countdown=round(delay, 2))
             raise task.retry(exc=exc, countdown=delay) from exc
         log.error("task_failed", error=str(exc), exc_info=True)
-        _dead_letter(task, parsed, message_id, f"{type(exc).__name__}: {exc}")
+        for event_id in stranded():
+            _dead_letter(task, event_id, message_id, f"{type(exc).__name__}: {exc}")
         return "FAILED"
     finally:
         structlog.contextvars.clear_contextvars()
@@ -188,29 +213,17 @@ def run_batch(
     longer in flight and are skipped); a permanent one, or the last retry, ends
     every event still in flight FAILED, each with its dead letter.
     """
-    settings = get_settings()
     problem = batch_problem(message_id, event_ids, extra, unknown)
     if problem is not None:
-        log.error("undecodable_task_body", task_name=task.name, error=problem)
-        _dead_letter(task, None, message_id if isinstance(message_id, str) else "", problem)
-        return "FAILED"
+        return _refuse(task, message_id, problem)
     ids = [uuid.UUID(e) for e in event_ids]
-    structlog.contextvars.bind_contextvars(
-        queue_message_id=message_id, attempt=task.request.retries + 1, batch=len(ids)
+    return _deliver(
+        task,
+        message_id,
+        lambda: handle_batch(ids, message_id),
+        stranded=lambda: in_flight(ids, message_id),
+        batch=len(ids),
     )
-    try:
-        return handle_batch(ids, message_id)
-    except Exception as exc:
-        if is_transient(exc) and task.request.retries < settings.task_max_retries:
-            delay = backoff(task.request.retries)
-            log.warning("transient_error_retrying", error=str(exc), countdown=round(delay, 2))
-            raise task.retry(exc=exc, countdown=delay) from exc
-        log.error("task_failed", error=str(exc), exc_info=True)
-        for event_id in in_flight(ids, message_id):
-            _dead_letter(task, event_id, message_id, f"{type(exc).__name__}: {exc}")
-        return "FAILED"
-    finally:
-        structlog.contextvars.clear_contextvars()
 
 
 def in_flight(event_ids: list[uuid.UUID], message_id: str) -> list[uuid.UUID]:

@@ -76,7 +76,7 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
     results: list[dict[str, Any]] = []
     # Accepted events travel in batches of BULK_BATCH_SIZE, one message each: the
     # per-message cost is paid once per batch, and batches spread over the workers.
-    batches: dict[str, list[uuid.UUID]] = {}
+    batches: list[tuple[str, list[uuid.UUID]]] = []
     size = get_settings().bulk_batch_size
     with transaction(request) as session:
         # All of the request's events of this brand, read and locked in one query, in
@@ -93,9 +93,9 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
             )
         }
         for item in body.events:
-            if not batches or len(batches[next(reversed(batches))]) >= size:
-                batches[str(uuid.uuid4())] = []
-            batch_id = next(reversed(batches))
+            if not batches or len(batches[-1][1]) >= size:
+                batches.append((str(uuid.uuid4()), []))
+            batch_id, members = batches[-1]
             try:
                 event = events.get(item.id)
                 if event is None:
@@ -121,7 +121,7 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                 continue
             already = answer.status_code == 200
             if answer.event.queue_message_id == batch_id:
-                batches[batch_id].append(item.id)
+                members.append(item.id)
             results.append(
                 {
                     "id": str(item.id),
@@ -130,7 +130,7 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                     "error": None,
                 }
             )
-        for batch_id, event_ids in batches.items():
+        for batch_id, event_ids in batches:
             if event_ids:
                 on_commit(session, functools.partial(publish_batch, batch_id, event_ids))
     REVERSALS_ACCEPTED.inc(sum(1 for r in results if r["status"] == "ACCEPTED"))
