@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.intake import IntakeError
@@ -65,6 +66,19 @@ def install(app: FastAPI) -> None:
         if any(e["type"] == "json_invalid" for e in errors):
             return error_response(422, "malformed_json", "request body is not valid JSON", errors)
         return error_response(422, "validation_error", "request is not valid", errors)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            # The connection was lost (PostgreSQL restarted or unreachable): nothing was
+            # committed, and the same request may be sent again.
+            return error_response(
+                503,
+                "database_unavailable",
+                "the database connection was lost; nothing was changed, retry the request",
+                headers={"Retry-After": "1"},
+            )
+        raise exc
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -159,14 +159,27 @@ def request_reversal(
     dry_run: bool = False,
     batch_message_id: str | None = None,
     locked: Event | None = None,
+    brand: Brand | None = None,
 ) -> ReversalAnswer:
     """Decide a reversal request (SPEC §4, §5) and, if accepted, enqueue it (alone, or
     in the batch `batch_message_id` that the caller publishes).
 
     `locked` is the event when the caller has already read and locked it (a bulk
-    request locks all of its events in one query).
+    request locks all of its events in one query), and `brand` the caller's brand.
     """
-    event = locked if locked is not None else get_event(session, brand_id, event_id, lock=True)
+    if locked is None:
+        # The event, locked, and its brand (for the reversal window) in one query.
+        found = session.execute(
+            select(Event, Brand)
+            .join(Brand, Brand.id == Event.brand_id)
+            .where(Event.id == event_id)
+            .with_for_update(of=Event)
+        ).one_or_none()
+        if found is None:
+            raise not_found(event_id)
+        event, brand = found.tuple()
+    else:
+        event = locked
     if event.id != event_id or event.brand_id != brand_id:
         raise not_found(event_id)
     if event.status == EventStatus.REVERSED:
@@ -181,7 +194,7 @@ def request_reversal(
     )
     if not reversible:
         raise IntakeError(409, "not_reversible", _why_not(event), {"status": event.status})
-    brand = session.get_one(Brand, brand_id)
+    brand = brand or session.get_one(Brand, brand_id)
     window = brand.settings.get("reversal_window_days")
     if window is not None and event.issued_at < utcnow() - timedelta(days=int(window)):
         raise IntakeError(

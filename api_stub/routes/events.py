@@ -30,7 +30,7 @@ from worker.intake import (
     request_reversal,
 )
 from worker.ledger.views import event_view
-from worker.models import Event, IdempotencyKey
+from worker.models import Brand, Event, IdempotencyKey
 from worker.publish import publish_batch
 from worker.settings import get_settings
 
@@ -92,6 +92,7 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                 .with_for_update()
             )
         }
+        brand = session.get_one(Brand, who.brand_id)
         for item in body.events:
             if not batches or len(batches[-1][1]) >= size:
                 batches.append((str(uuid.uuid4()), []))
@@ -108,6 +109,7 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                     shortfall=body.shortfall,
                     batch_message_id=batch_id,
                     locked=event,
+                    brand=brand,
                 )
             except IntakeError as exc:
                 results.append(

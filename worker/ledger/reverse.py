@@ -41,6 +41,7 @@ from worker.ledger.wallet import (
 )
 from worker.models import (
     Allocation,
+    Campaign,
     Event,
     EventStatus,
     GiftCard,
@@ -87,33 +88,36 @@ def reverse_event(
     # ahead in one query per table while nothing is pending: the writes below are
     # then flushed together, not one by one between reads.
     ctx = load_context(session, event, now=now)
+    # Each line comes with the campaign its transactions will name.
     accumulated = session.execute(
-        select(Line, Transaction)
+        select(Line, Transaction, Campaign)
         .outerjoin(
             Transaction,
             (Transaction.line_id == Line.id)
             & (Transaction.type == TransactionType.ACCUMULATION.value),
         )
+        .outerjoin(Campaign, Campaign.id == Line.campaign_id)
         .where(Line.event_id == event.id)
         .order_by(Line.id)
     ).all()
     lines, accumulations = _accumulations(accumulated)
     given = session.execute(
-        select(Allocation, Line)
+        select(Allocation, Line, Campaign)
         .join(Redemption, Redemption.id == Allocation.redemption_id)
         .join(Line, Line.id == Allocation.line_id)
+        .outerjoin(Campaign, Campaign.id == Line.campaign_id)
         .where(Redemption.event_id == event.id)
         .order_by(Redemption.id, Allocation.id)
         .with_for_update(of=Line)
     ).all()
+    ctx.campaigns.update((c.id, c) for *_, c in [*accumulated, *given] if c is not None)
     cards = list(
         session.scalars(select(GiftCard).where(GiftCard.event_id == event.id).order_by(GiftCard.id))
     )
-    ctx.load_settlements(line.id for _, line in given)
-    ctx.load_campaigns([line.campaign_id for line in lines] + [ln.campaign_id for _, ln in given])
+    ctx.load_settlements(line.id for _, line, _ in given)
     report = ShortfallReport(policy=policy.value)
 
-    for allocation, line in given:
+    for allocation, line, _ in given:
         _give_back(ctx, allocation, line)
     for line in lines:
         _take_back(ctx, line, accumulations.get(line.id), policy, report)
@@ -130,8 +134,12 @@ def reverse_event(
             f"shortfall of {report.total} point(s) and {len(report.gift_cards)} redeemed "
             "gift card(s); policy 'fail' refuses the reversal"
         )
-    reward_ids = {line.reward_id for line in lines} | {line.reward_id for _, line in given}
-    settle_debts(ctx, reward_ids | {card.reward_id for card in cards})
+    touched = {line.reward_id for line in lines} | {line.reward_id for _, line, _ in given}
+    touched |= {card.reward_id for card in cards}
+    # A debt to settle is one the customer already had when the wallets were locked,
+    # or a line this reversal left below zero: other rewards need no query.
+    owing = ctx.in_debt | {line.reward_id for line in lines if line.remaining < 0}
+    settle_debts(ctx, touched & owing)
     recompute_tier(ctx)
     event.status = EventStatus.REVERSED.value
     event.reversed_at = ctx.now
@@ -142,12 +150,13 @@ def reverse_event(
 
 
 def _accumulations(
-    rows: Sequence[Row[Line, Transaction]],  # the transaction is None where none was found
+    # The transaction (and the campaign) is None where none was found.
+    rows: Sequence[Row[Line, Transaction, Campaign]],
 ) -> tuple[list[Line], dict[uuid.UUID, Transaction]]:
     """The event's lines, and the ACCUMULATION transaction of each by line id."""
     lines: list[Line] = []
     found: dict[uuid.UUID, Transaction] = {}
-    for line, tx in rows:
+    for line, tx, _ in rows:
         if lines and lines[-1] is line:
             raise InconsistentLedger(f"line {line.id} has more than one accumulation")
         lines.append(line)

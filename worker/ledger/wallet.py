@@ -1,8 +1,9 @@
 """Primitives shared by recording and reversing: locks, transactions, debts, expiry, tiers.
 
 Lock order (so that concurrent work on one customer cannot deadlock): the event
-row first, then the customer's wallet rows in reward-id order, then lines. Every
-write to a customer's lines or transactions of a reward holds that wallet row.
+row first, then the customer's wallet rows in reward-id order with the customer's
+row (for the tier), then lines. Every write to a customer's lines or transactions
+of a reward holds that wallet row.
 
 An operation locks all of the customer's wallets at once (a customer has a
 handful): the locked rows are then the wallet as it stands, so the tier and the
@@ -57,6 +58,11 @@ class Context:
     campaigns: dict[uuid.UUID, Campaign] = field(default_factory=dict)
     # Settlements by debtor line, newest first, for lines whose were read ahead.
     settlements: dict[uuid.UUID, list[Settlement]] = field(default_factory=dict)
+    # Held here once read: the session's identity map keeps only referenced objects.
+    customer: Customer | None = None
+    # Rewards in which the customer owed points (a line below zero) when the wallets
+    # were locked; only an operation holding the wallet changes that.
+    in_debt: set[uuid.UUID] = field(default_factory=set)
 
     def campaign(self, campaign_id: uuid.UUID | None) -> Campaign | None:
         if campaign_id is None:
@@ -64,13 +70,6 @@ class Context:
         if campaign_id not in self.campaigns:
             self.campaigns[campaign_id] = self.session.get_one(Campaign, campaign_id)
         return self.campaigns[campaign_id]
-
-    def load_campaigns(self, campaign_ids: Iterable[uuid.UUID | None]) -> None:
-        """Read ahead, in one query, the campaigns that transactions will name."""
-        wanted = {c for c in campaign_ids if c is not None} - set(self.campaigns)
-        if wanted:
-            found = self.session.scalars(select(Campaign).where(Campaign.id.in_(wanted)))
-            self.campaigns.update((c.id, c) for c in found)
 
     def settlements_of(self, line_id: uuid.UUID) -> list[Settlement]:
         """The settlements that paid this line's debt and still hold points, newest first."""
@@ -165,16 +164,33 @@ def load_context(
             )
             .on_conflict_do_nothing()
         )
+    owes = (
+        select(Line.id)
+        .where(
+            Line.customer_id == Wallet.customer_id,
+            Line.reward_id == Wallet.reward_id,
+            Line.state.in_(LIVE_STATES),
+            Line.remaining < 0,
+        )
+        .exists()
+    )
+    # The customer row (for the tier) is locked with its wallets: every operation that
+    # changes it holds them, so the lock adds no wait and keeps the lock order.
     rows = session.execute(
-        select(Wallet, Reward)
+        select(Wallet, Reward, owes, Customer)
         .join(Reward, Reward.id == Wallet.reward_id)
+        .join(Customer, Customer.id == Wallet.customer_id)
         .where(Wallet.customer_id == event.customer_id)
         .order_by(Wallet.reward_id)
-        .with_for_update(of=Wallet)
+        .with_for_update(of=[Wallet, Customer])
     ).all()
-    wallets = {wallet.reward_id: wallet for wallet, _ in rows}
-    rewards = {reward.id: reward for _, reward in rows}
-    return Context(session, event, rewards, wallets, now or utcnow())
+    wallets = {wallet.reward_id: wallet for wallet, *_ in rows}
+    rewards = {reward.id: reward for _, reward, *_ in rows}
+    in_debt = {wallet.reward_id for wallet, _, owing, _ in rows if owing}
+    customer = rows[0][3] if rows else None
+    return Context(
+        session, event, rewards, wallets, now or utcnow(), customer=customer, in_debt=in_debt
+    )
 
 
 def is_past(moment: datetime | None, now: datetime) -> bool:
@@ -276,7 +292,9 @@ def recompute_tier(ctx: Context) -> None:
     session = ctx.session
     brand = session.get_one(Brand, ctx.event.brand_id)
     tiers: list[dict[str, Any]] = list(brand.settings.get("tiers") or [])
-    customer = session.get_one(Customer, ctx.event.customer_id, with_for_update=True)
+    customer = ctx.customer = ctx.customer or session.get_one(
+        Customer, ctx.event.customer_id, with_for_update=True
+    )
     # ctx.wallets are all of the customer's, locked and current.
     points = sum(
         wallet.balance
@@ -301,7 +319,7 @@ def recompute_tier(ctx: Context) -> None:
 
 def snapshot(ctx: Context) -> None:
     """Keep the wallet and customer as they stand after this operation on the event."""
-    customer = ctx.session.get_one(Customer, ctx.event.customer_id)
+    customer = ctx.customer or ctx.session.get_one(Customer, ctx.event.customer_id)
     ctx.event.result_wallet = {
         str(reward_id): ctx.wallets[reward_id].balance for reward_id in sorted(ctx.wallets)
     }
