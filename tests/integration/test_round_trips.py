@@ -1,0 +1,78 @@
+"""How many statements a reversal costs (issue 5's profile: each is a round trip and
+most of the worker's time). Counts, not timings: a read that slips back into a loop,
+or an object the session lets go of and reads again, shows up here."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+
+from tests.support import World
+from worker.processing import handle_message
+
+# The test's sessions run inside savepoints of one rolled-back transaction.
+_SAVEPOINTS = re.compile(r"^(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT)\b")
+
+
+@contextmanager
+def statements(engine: Any) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        statement: str = args[2]
+        if not _SAVEPOINTS.match(statement):
+            seen.append(" ".join(statement.split()[:3]))
+
+    listener: Callable[..., None] = record
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+
+def test_a_reversal_reads_each_table_once_and_writes_each_table_once(
+    world: World, engine: Any
+) -> None:
+    customer = uuid.uuid4()
+    world.event(customer, accumulate=[300, 200])
+    spent = world.event(customer, accumulate=[120, 30], redeem=[250], gift_cards=1)
+    assert world.request_reversal(spent) == 202
+    message_id = world.message_id(spent)
+
+    with statements(engine) as seen:
+        assert handle_message(spent, message_id, world.factory) == "REVERSED"
+
+    verbs = Counter(" ".join(s.split()[:2]) for s in seen if not s.startswith("SELECT"))
+    # The claim, then (in the work's transaction) one flush: the event, the gift card,
+    # the three lines in one batch, the five transactions in one batch, the wallet.
+    assert verbs == {
+        "UPDATE events": 2,
+        "UPDATE gift_cards": 1,
+        "UPDATE lines": 1,
+        "INSERT INTO": 1,
+        "UPDATE wallets": 1,
+    }, seen
+    # Read ahead, one query each: the event with its brand, the wallets with their
+    # rewards and the customer, the lines, the allocations, the gift cards, the
+    # settlements of the lines given back. Nothing is read twice.
+    reads = [s for s in seen if s.startswith("SELECT")]
+    assert len(reads) == 6, seen
+    assert len(seen) == 12, seen
+    world.check(customer)
+
+
+def test_a_reversal_request_is_one_read_and_one_write(world: World, engine: Any) -> None:
+    customer = uuid.uuid4()
+    earned = world.event(customer, accumulate=[100])
+    with statements(engine) as seen:
+        assert world.request_reversal(earned) == 202
+    # The event, locked, with its brand; then its UPDATE at the commit.
+    assert [s.split()[0] for s in seen] == ["SELECT", "UPDATE"], seen
+    world.check(customer)
