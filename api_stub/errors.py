@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.intake import IntakeError
@@ -69,13 +69,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated:
-            # The connection was lost (PostgreSQL restarted or unreachable): nothing was
-            # committed, and the same request may be sent again.
+        # A connection lost or refused, a deadlock, a serialization failure: what the
+        # worker retries. Safe to send again for idempotent requests (docs/decisions.md).
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
             return error_response(
                 503,
                 "database_unavailable",
-                "the database connection was lost; nothing was changed, retry the request",
+                "the database could not complete the request; retry it",
                 headers={"Retry-After": "1"},
             )
         raise exc

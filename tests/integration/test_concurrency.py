@@ -80,3 +80,31 @@ def test_concurrent_reversals_of_one_customer_do_not_deadlock() -> None:
     assert world.balance(customer) == 2000
     assert all(_reversals(e) == 3 for e in events)
     world.check(customer)
+
+
+def test_a_ledger_operation_does_not_hold_up_an_event_recorded_for_its_customer() -> None:
+    """The operation locks the customer's row FOR NO KEY UPDATE, not FOR UPDATE: the
+    key-share lock that inserting an event for that customer takes must not wait."""
+    from sqlalchemy import text
+
+    from worker.intake import create_event
+    from worker.ledger.wallet import load_context
+    from worker.models import Event
+
+    world = World.create(get_sessionmaker())
+    customer = uuid.uuid4()
+    earned = world.event(customer, accumulate=[100])
+    with unit_of_work() as holding:
+        ctx = load_context(holding, holding.get_one(Event, earned))
+        assert ctx.customer is not None and ctx.customer.id == customer
+        # Meanwhile, at intake, in another transaction: a new event for that customer.
+        with unit_of_work() as intake:
+            intake.execute(text("SET LOCAL lock_timeout = '2s'"))
+            event, created = create_event(
+                intake,
+                world.brand_id,
+                {"customer_id": customer, "accumulate": [], "redeem": [], "gift_cards": []},
+            )
+            assert created
+    assert world.get(event.id).customer_id == customer
+    world.check(customer)

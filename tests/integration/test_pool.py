@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from worker.db import ping_after_idle
 
@@ -63,9 +63,19 @@ def test_a_connection_in_use_a_moment_ago_is_not_pinged(engine: Any, busy: Engin
     assert _backend(busy) != first  # the next one is new
 
 
-@pytest.mark.parametrize(("invalidated", "status"), [(True, 503), (False, 500)])
-def test_a_lost_connection_answers_503_and_other_database_errors_500(
-    db_factory: Any, invalidated: bool, status: int
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        # A pooled connection found dead while in use.
+        (DBAPIError("SELECT 1", {}, OSError("closed"), connection_invalidated=True), 503),
+        # No connection at all (PostgreSQL down), or a deadlock: what the worker retries.
+        (OperationalError("SELECT 1", {}, OSError("refused")), 503),
+        # Anything else the database refuses is a bug of ours.
+        (IntegrityError("INSERT", {}, OSError("duplicate key")), 500),
+    ],
+)
+def test_a_database_that_cannot_answer_gives_503_and_other_database_errors_500(
+    db_factory: Any, error: DBAPIError, status: int
 ) -> None:
     from fastapi.testclient import TestClient
 
@@ -74,15 +84,13 @@ def test_a_lost_connection_answers_503_and_other_database_errors_500(
 
     app = create_app(get_settings(), session_factory=db_factory)
 
-    def lost() -> None:
-        raise DBAPIError(
-            "SELECT 1", {}, OSError("server closed"), connection_invalidated=invalidated
-        )
+    def failing() -> None:
+        raise error
 
-    app.add_api_route("/lost", lost)
+    app.add_api_route("/failing", failing)
     with TestClient(app, raise_server_exceptions=False) as client:
-        answer = client.get("/lost")
+        answer = client.get("/failing")
     assert answer.status_code == status
-    if invalidated:
+    if status == 503:
         assert answer.json()["error"]["code"] == "database_unavailable"
         assert answer.headers["Retry-After"] == "1"

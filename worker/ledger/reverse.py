@@ -134,12 +134,8 @@ def reverse_event(
             f"shortfall of {report.total} point(s) and {len(report.gift_cards)} redeemed "
             "gift card(s); policy 'fail' refuses the reversal"
         )
-    touched = {line.reward_id for line in lines} | {line.reward_id for _, line, _ in given}
-    touched |= {card.reward_id for card in cards}
-    # A debt to settle is one the customer already had when the wallets were locked,
-    # or a line this reversal left below zero: other rewards need no query.
-    owing = ctx.in_debt | {line.reward_id for line in lines if line.remaining < 0}
-    settle_debts(ctx, touched & owing)
+    reward_ids = {line.reward_id for line in lines} | {line.reward_id for _, line, _ in given}
+    settle_debts(ctx, reward_ids | {card.reward_id for card in cards})
     recompute_tier(ctx)
     event.status = EventStatus.REVERSED.value
     event.reversed_at = ctx.now

@@ -60,9 +60,6 @@ class Context:
     settlements: dict[uuid.UUID, list[Settlement]] = field(default_factory=dict)
     # Held here once read: the session's identity map keeps only referenced objects.
     customer: Customer | None = None
-    # Rewards in which the customer owed points (a line below zero) when the wallets
-    # were locked; only an operation holding the wallet changes that.
-    in_debt: set[uuid.UUID] = field(default_factory=set)
 
     def campaign(self, campaign_id: uuid.UUID | None) -> Campaign | None:
         if campaign_id is None:
@@ -164,33 +161,22 @@ def load_context(
             )
             .on_conflict_do_nothing()
         )
-    owes = (
-        select(Line.id)
-        .where(
-            Line.customer_id == Wallet.customer_id,
-            Line.reward_id == Wallet.reward_id,
-            Line.state.in_(LIVE_STATES),
-            Line.remaining < 0,
-        )
-        .exists()
-    )
-    # The customer row (for the tier) is locked with its wallets: every operation that
-    # changes it holds them, so the lock adds no wait and keeps the lock order.
+    # The customer's row (for the tier) is locked with its wallets. FOR NO KEY UPDATE:
+    # enough to serialise operations on the customer, and it does not block the
+    # key-share locks that inserting a row referring to the customer (an event, a
+    # line) takes meanwhile.
     rows = session.execute(
-        select(Wallet, Reward, owes, Customer)
+        select(Wallet, Reward, Customer)
         .join(Reward, Reward.id == Wallet.reward_id)
         .join(Customer, Customer.id == Wallet.customer_id)
         .where(Wallet.customer_id == event.customer_id)
         .order_by(Wallet.reward_id)
-        .with_for_update(of=[Wallet, Customer])
+        .with_for_update(of=[Wallet, Customer], key_share=True)
     ).all()
     wallets = {wallet.reward_id: wallet for wallet, *_ in rows}
-    rewards = {reward.id: reward for _, reward, *_ in rows}
-    in_debt = {wallet.reward_id for wallet, _, owing, _ in rows if owing}
-    customer = rows[0][3] if rows else None
-    return Context(
-        session, event, rewards, wallets, now or utcnow(), customer=customer, in_debt=in_debt
-    )
+    rewards = {reward.id: reward for _, reward, _ in rows}
+    customer = rows[0][2] if rows else None
+    return Context(session, event, rewards, wallets, now or utcnow(), customer=customer)
 
 
 def is_past(moment: datetime | None, now: datetime) -> bool:
@@ -293,7 +279,7 @@ def recompute_tier(ctx: Context) -> None:
     brand = session.get_one(Brand, ctx.event.brand_id)
     tiers: list[dict[str, Any]] = list(brand.settings.get("tiers") or [])
     customer = ctx.customer = ctx.customer or session.get_one(
-        Customer, ctx.event.customer_id, with_for_update=True
+        Customer, ctx.event.customer_id, with_for_update={"key_share": True}
     )
     # ctx.wallets are all of the customer's, locked and current.
     points = sum(
