@@ -32,7 +32,7 @@ from worker.models import (
     Reward,
     Shortfall,
 )
-from worker.processing import task_name_for
+from worker.processing import EVENT_WITH_BRAND, task_name_for
 from worker.publish import publish
 
 
@@ -168,13 +168,7 @@ def request_reversal(
     request locks all of its events in one query), and `brand` the caller's brand.
     """
     if locked is None:
-        # The event, locked, and its brand (for the reversal window) in one query.
-        found = session.execute(
-            select(Event, Brand)
-            .join(Brand, Brand.id == Event.brand_id)
-            .where(Event.id == event_id)
-            .with_for_update(of=Event)
-        ).one_or_none()
+        found = session.execute(EVENT_WITH_BRAND, {"event_id": event_id}).one_or_none()
         if found is None:
             raise not_found(event_id)
         event, brand = found.tuple()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import case, select, update
+from sqlalchemy import DateTime, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from worker.db import unit_of_work
@@ -119,14 +119,7 @@ def apply(
 
     try:
         with unit_of_work(factory) as session:
-            # The event (locked) and its brand in one query; the brand stays in the
-            # session for the ledger's reads of its settings.
-            event, brand = session.execute(
-                select(Event, Brand)
-                .join(Brand, Brand.id == Event.brand_id)
-                .where(Event.id == event_id)
-                .with_for_update(of=Event)
-            ).one()
+            event, brand = session.execute(EVENT_WITH_BRAND, {"event_id": event_id}).one()
             if event.queue_message_id != message_id or event.status != EventStatus.PROCESSING:
                 bound.info("message_ignored", status=event.status)
                 return "IGNORED"
@@ -158,26 +151,21 @@ def apply(
     return outcome
 
 
-def claim(
-    session: Session, event_ids: Sequence[uuid.UUID], message_id: str
-) -> dict[uuid.UUID, Claimed]:
-    """PENDING → PROCESSING and one more attempt, in one statement, for each of these
-    events whose current message is this one and that is in flight.
-
-    Events that are missing, done, or owned by another message are left out.
-    """
+def _claim_statement() -> Any:
+    """The claim's UPDATE, built once (as in worker.ledger.wallet): its parameters are
+    `claim_ids`, `claim_message_id` and `claim_now`."""
     reversal = Event.reversal_status.in_(
         (ReversalStatus.PENDING.value, ReversalStatus.PROCESSING.value)
     )
     mine = (
-        Event.id.in_(list(event_ids)),
-        Event.queue_message_id == message_id,
+        Event.id.in_(bindparam("claim_ids", expanding=True)),
+        Event.queue_message_id == bindparam("claim_message_id"),
         Event.status.in_(IN_FLIGHT),
     )
     # Rows locked in id order (the lock order for several events), then updated.
     locked = select(Event.id).where(*mine).order_by(Event.id).with_for_update()
-    now = utcnow()
-    rows = session.execute(
+    now = bindparam("claim_now", type_=DateTime(timezone=True))
+    return (
         update(Event)
         .where(Event.id.in_(locked.scalar_subquery()), *mine)
         .values(
@@ -199,6 +187,31 @@ def claim(
             Event.attempts,
         )
         .execution_options(synchronize_session=False)
+    )
+
+
+_CLAIM = _claim_statement()
+# The event, locked, and its brand (the worker keeps it in the session for the
+# ledger's reads of its settings; the intake reads the reversal window from it).
+EVENT_WITH_BRAND = (
+    select(Event, Brand)
+    .join(Brand, Brand.id == Event.brand_id)
+    .where(Event.id == bindparam("event_id"))
+    .with_for_update(of=Event)
+)
+
+
+def claim(
+    session: Session, event_ids: Sequence[uuid.UUID], message_id: str
+) -> dict[uuid.UUID, Claimed]:
+    """PENDING → PROCESSING and one more attempt, in one statement, for each of these
+    events whose current message is this one and that is in flight.
+
+    Events that are missing, done, or owned by another message are left out.
+    """
+    rows = session.execute(
+        _CLAIM,
+        {"claim_ids": list(event_ids), "claim_message_id": message_id, "claim_now": utcnow()},
     ).all()
     claimed = {}
     for row in rows:

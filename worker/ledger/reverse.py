@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -76,6 +76,33 @@ class ShortfallReport:
         }
 
 
+# The reads ahead, built once (as in worker.ledger.wallet). Each line comes with its
+# ACCUMULATION and the campaign its transactions will name; each allocation with
+# the line it took from, locked.
+_LINES = (
+    select(Line, Transaction, Campaign)
+    .outerjoin(
+        Transaction,
+        (Transaction.line_id == Line.id) & (Transaction.type == TransactionType.ACCUMULATION.value),
+    )
+    .outerjoin(Campaign, Campaign.id == Line.campaign_id)
+    .where(Line.event_id == bindparam("event_id"))
+    .order_by(Line.id)
+)
+_ALLOCATIONS = (
+    select(Allocation, Line, Campaign)
+    .join(Redemption, Redemption.id == Allocation.redemption_id)
+    .join(Line, Line.id == Allocation.line_id)
+    .outerjoin(Campaign, Campaign.id == Line.campaign_id)
+    .where(Redemption.event_id == bindparam("event_id"))
+    .order_by(Redemption.id, Allocation.id)
+    .with_for_update(of=Line)
+)
+_GIFT_CARDS = (
+    select(GiftCard).where(GiftCard.event_id == bindparam("event_id")).order_by(GiftCard.id)
+)
+
+
 def reverse_event(
     session: Session, event: Event, policy: Shortfall, now: datetime | None = None
 ) -> ShortfallReport:
@@ -88,32 +115,12 @@ def reverse_event(
     # ahead in one query per table while nothing is pending: the writes below are
     # then flushed together, not one by one between reads.
     ctx = load_context(session, event, now=now)
-    # Each line comes with the campaign its transactions will name.
-    accumulated = session.execute(
-        select(Line, Transaction, Campaign)
-        .outerjoin(
-            Transaction,
-            (Transaction.line_id == Line.id)
-            & (Transaction.type == TransactionType.ACCUMULATION.value),
-        )
-        .outerjoin(Campaign, Campaign.id == Line.campaign_id)
-        .where(Line.event_id == event.id)
-        .order_by(Line.id)
-    ).all()
+    of_event = {"event_id": event.id}
+    accumulated = session.execute(_LINES, of_event).all()
     lines, accumulations = _accumulations(accumulated)
-    given = session.execute(
-        select(Allocation, Line, Campaign)
-        .join(Redemption, Redemption.id == Allocation.redemption_id)
-        .join(Line, Line.id == Allocation.line_id)
-        .outerjoin(Campaign, Campaign.id == Line.campaign_id)
-        .where(Redemption.event_id == event.id)
-        .order_by(Redemption.id, Allocation.id)
-        .with_for_update(of=Line)
-    ).all()
+    given = session.execute(_ALLOCATIONS, of_event).all()
     ctx.campaigns.update((c.id, c) for *_, c in [*accumulated, *given] if c is not None)
-    cards = list(
-        session.scalars(select(GiftCard).where(GiftCard.event_id == event.id).order_by(GiftCard.id))
-    )
+    cards = list(session.scalars(_GIFT_CARDS, of_event))
     ctx.load_settlements(line.id for _, line, _ in given)
     report = ShortfallReport(policy=policy.value)
 
