@@ -15,12 +15,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
 from bench.dataset import Factory, World
 from bench.env import Bench
+
+if TYPE_CHECKING:
+    import aiohttp
 
 REASON = "bench: order refunded"
 TERMINAL = ("REVERSED", "FAILED", "CANCELLED")
@@ -284,7 +287,7 @@ def _reverse_path(event_id: uuid.UUID) -> str:
     return f"/api/storefront/v1/behavior/events/{event_id}/reverse"
 
 
-def _client(base: str, token: str, *, limit: int, timeout: float) -> Any:
+def _client(base: str, token: str, *, limit: int, timeout: float) -> aiohttp.ClientSession:
     """An aiohttp session on `base` with keep-alive connections (`limit` 0: no cap)."""
     import aiohttp
 
