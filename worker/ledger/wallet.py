@@ -43,8 +43,9 @@ LIVE_STATES = (LineState.ACTIVE.value, LineState.EXPIRED.value, LineState.REVERS
 
 
 # The statements of every operation, built once, their parameters named in
-# bindparam(): building a statement and its cache key on every call was a third of
-# a reversal's CPU (SQLAlchemy then skips both; the compiled form was cached anyway).
+# bindparam(): building a statement on every call was a third of a reversal's CPU
+# (the compiled form was cached anyway). Parameter names must not be column names:
+# in an UPDATE, such a key would become one more SET.
 _SETTLEMENTS = (
     select(Settlement)
     .where(
