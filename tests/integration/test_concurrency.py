@@ -96,7 +96,7 @@ def test_a_ledger_operation_does_not_hold_up_an_event_recorded_for_its_customer(
     earned = world.event(customer, accumulate=[100])
     with unit_of_work() as holding:
         ctx = load_context(holding, holding.get_one(Event, earned))
-        assert ctx.customer is not None and ctx.customer.id == customer
+        assert ctx.customer.id == customer
         # Meanwhile, at intake, in another transaction: a new event for that customer.
         with unit_of_work() as intake:
             intake.execute(text("SET LOCAL lock_timeout = '2s'"))

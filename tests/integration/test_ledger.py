@@ -163,6 +163,12 @@ def test_expired_points_returned_by_a_reversal_expire_again(world: World) -> Non
     world.check(customer)
 
 
+def _remaining_by_event(world: World, customer: uuid.UUID) -> dict[uuid.UUID, int]:
+    with world.factory() as session:
+        lines = session.scalars(select(Line).where(Line.customer_id == customer))
+        return {line.event_id: line.remaining for line in lines}
+
+
 def test_points_a_reversal_gives_back_pay_a_debt_on_a_line_it_did_not_touch(
     world: World,
 ) -> None:
@@ -172,21 +178,11 @@ def test_points_a_reversal_gives_back_pay_a_debt_on_a_line_it_did_not_touch(
     second = world.event(customer, accumulate=[100])
     world.event(customer, redeem=[120])  # 40 from the first line, 80 from the second
     assert world.reverse(second) == "REVERSED"  # the second line owes 80
-    with world.factory() as session:
-        by_event = {
-            line.event_id: line.remaining
-            for line in session.scalars(select(Line).where(Line.customer_id == customer))
-        }
-    assert by_event == {first: 0, second: -80}
+    assert _remaining_by_event(world, customer) == {first: 0, second: -80}
     world.check(customer)
 
     # The 60 points given back to the first line pay the second line's debt at once.
     assert world.reverse(spend) == "REVERSED"
-    with world.factory() as session:
-        by_event = {
-            line.event_id: line.remaining
-            for line in session.scalars(select(Line).where(Line.customer_id == customer))
-        }
-    assert by_event == {first: 0, second: -20}
+    assert _remaining_by_event(world, customer) == {first: 0, second: -20}
     assert world.balance(customer) == -20
     world.check(customer)

@@ -101,12 +101,13 @@ class Context:
     event: Event
     rewards: dict[uuid.UUID, Reward]  # of every wallet below
     wallets: dict[uuid.UUID, Wallet]  # all of the customer's, locked, by reward id
+    # Locked with the wallets, and held here: the session's identity map keeps only
+    # referenced objects, and would read it again.
+    customer: Customer
     now: datetime
     campaigns: dict[uuid.UUID, Campaign] = field(default_factory=dict)
     # Settlements by debtor line, newest first, for lines whose were read ahead.
     settlements: dict[uuid.UUID, list[Settlement]] = field(default_factory=dict)
-    # Held here once read: the session's identity map keeps only referenced objects.
-    customer: Customer | None = None
 
     def campaign(self, campaign_id: uuid.UUID | None) -> Campaign | None:
         if campaign_id is None:
@@ -207,8 +208,13 @@ def load_context(
     rows = session.execute(_WALLETS, {"customer_id": event.customer_id}).all()
     wallets = {wallet.reward_id: wallet for wallet, *_ in rows}
     rewards = {reward.id: reward for _, reward, _ in rows}
-    customer = rows[0][2] if rows else None
-    return Context(session, event, rewards, wallets, now or utcnow(), customer=customer)
+    # A customer without wallets yet is locked alone.
+    customer = (
+        rows[0][2]
+        if rows
+        else session.get_one(Customer, event.customer_id, with_for_update={"key_share": True})
+    )
+    return Context(session, event, rewards, wallets, customer, now or utcnow())
 
 
 def is_past(moment: datetime | None, now: datetime) -> bool:
@@ -296,9 +302,7 @@ def recompute_tier(ctx: Context) -> None:
     session = ctx.session
     brand = session.get_one(Brand, ctx.event.brand_id)
     tiers: list[dict[str, Any]] = list(brand.settings.get("tiers") or [])
-    customer = ctx.customer = ctx.customer or session.get_one(
-        Customer, ctx.event.customer_id, with_for_update={"key_share": True}
-    )
+    customer = ctx.customer
     # ctx.wallets are all of the customer's, locked and current.
     points = sum(
         wallet.balance
@@ -323,7 +327,7 @@ def recompute_tier(ctx: Context) -> None:
 
 def snapshot(ctx: Context) -> None:
     """Keep the wallet and customer as they stand after this operation on the event."""
-    customer = ctx.customer or ctx.session.get_one(Customer, ctx.event.customer_id)
+    customer = ctx.customer
     ctx.event.result_wallet = {
         str(reward_id): ctx.wallets[reward_id].balance for reward_id in sorted(ctx.wallets)
     }
