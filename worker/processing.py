@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from worker.db import unit_of_work
 from worker.ledger.errors import InsufficientBalance, LedgerError, ShortfallRefused
 from worker.ledger.record import record_event
-from worker.ledger.reverse import reverse_event
+from worker.ledger.reverse import read_ahead, reverse_event
 from worker.ledger.wallet import utcnow
 from worker.models import Brand, DeadLetter, Event, EventStatus, ReversalStatus, Shortfall
 from worker.settings import get_settings
@@ -77,18 +77,29 @@ def handle_batch(
 ) -> dict[str, int]:
     """Reverse the events one bulk request published under one message id.
 
-    One claim for all of them (one commit), then each event in its own
-    transaction, exactly as a single message's: an event's failure is its own,
-    and a redelivery finds the events already done no longer in flight.
-    Transient errors propagate; the whole message is retried.
+    One claim for all of them (one commit), then all of their reversals in one
+    transaction, read ahead together. Should one of them be refused or find the
+    ledger wrong, that transaction is rolled back whole and the events are done
+    one by one, each in its own transaction exactly as a single message's, so
+    that an event's failure stays its own. A redelivery finds the events already
+    done no longer in flight. Transient errors propagate; the whole message is
+    retried.
     """
     with unit_of_work(factory) as session:
         claimed = claim(session, event_ids, message_id)
     outcomes: Counter[str] = Counter()
     outcomes["IGNORED"] = len(set(event_ids)) - len(claimed)
-    payload = [message_id, [str(e) for e in event_ids]]
-    for event_id in dict.fromkeys(event_ids):  # in order, once each
-        if event_id in claimed:
+    mine = [event_id for event_id in dict.fromkeys(event_ids) if event_id in claimed]
+    try:
+        together = _reverse_together(mine, message_id, claimed, factory)
+    except LedgerError as exc:
+        log.info("batch_one_by_one", queue_message_id=message_id, reason=str(exc))
+        together = None
+    if together is not None:
+        outcomes.update(together)
+    else:
+        payload = [message_id, [str(e) for e in event_ids]]
+        for event_id in mine:  # in the request's order
             with structlog.contextvars.bound_contextvars(
                 event_id=str(event_id), brand_id=str(claimed[event_id].brand_id)
             ):
@@ -97,6 +108,57 @@ def handle_batch(
                 )
                 outcomes[outcome] += 1
     return {k: v for k, v in outcomes.items() if v}
+
+
+def _reverse_together(
+    event_ids: list[uuid.UUID],
+    message_id: str,
+    claimed: dict[uuid.UUID, Claimed],
+    factory: SessionFactory,
+) -> Counter[str] | None:
+    """The batch's reversals in one transaction, in the request's order; None when
+    one of its events must be handled alone (not a reversal, or out of tries)."""
+    limit = get_settings().task_max_retries + 1
+    if any(not claimed[e].reversal or claimed[e].attempts > limit for e in event_ids):
+        return None
+    outcomes: Counter[str] = Counter()
+    if not event_ids:
+        return outcomes
+    done: list[tuple[Event, str]] = []
+    with unit_of_work(factory) as session:
+        found = session.execute(EVENTS_WITH_BRANDS, {"event_ids": event_ids}).all()
+        by_id = {event.id: (event, brand) for event, brand in found}
+        mine = [
+            by_id[event_id]
+            for event_id in event_ids
+            if event_id in by_id
+            and by_id[event_id][0].queue_message_id == message_id
+            and by_id[event_id][0].status == EventStatus.PROCESSING
+        ]
+        outcomes["IGNORED"] = len(event_ids) - len(mine)
+        now = utcnow()
+        # Every customer is locked here, in customer order, before any event's work.
+        ahead = read_ahead(session, [event for event, _ in mine], now)
+        for event, brand in mine:
+            reverse_event(session, event, _policy(event, brand), now, ahead[event.id])
+            event.updated_at = now
+            outcomes[event.status] += 1
+            done.append((event, event.status))
+    for event, outcome in done:  # logged once committed
+        log.info(
+            "event_done",
+            event_id=str(event.id),
+            brand_id=str(event.brand_id),
+            queue_message_id=message_id,
+            outcome=outcome,
+            reversal=True,
+        )
+    return outcomes
+
+
+def _policy(event: Event, brand: Brand) -> Shortfall:
+    """The request's shortfall policy, else the brand's, else `negative`."""
+    return Shortfall(event.reversal_policy or brand.settings.get("shortfall") or "negative")
 
 
 def apply(
@@ -124,10 +186,7 @@ def apply(
                 bound.info("message_ignored", status=event.status)
                 return "IGNORED"
             if reversal:
-                policy = Shortfall(
-                    event.reversal_policy or brand.settings.get("shortfall") or "negative"
-                )
-                reverse_event(session, event, policy)
+                reverse_event(session, event, _policy(event, brand))
             else:
                 record_event(session, event)
             event.updated_at = utcnow()
@@ -197,6 +256,16 @@ EVENT_WITH_BRAND = (
     select(Event, Brand)
     .join(Brand, Brand.id == Event.brand_id)
     .where(Event.id == bindparam("event_id"))
+    .with_for_update(of=Event)
+)
+
+
+# A bulk batch's events with their brands, locked in id order (the claim's order).
+EVENTS_WITH_BRANDS = (
+    select(Event, Brand)
+    .join(Brand, Brand.id == Event.brand_id)
+    .where(Event.id.in_(bindparam("event_ids", expanding=True)))
+    .order_by(Event.id)
     .with_for_update(of=Event)
 )
 

@@ -7,9 +7,9 @@ Driven by environment variables so each test arms exactly what it needs:
 - FAULT_KILL_AFTER_COMMIT=1: SIGKILL the worker child once, after the task's
   transaction committed and before the message is acknowledged (task_postrun);
 - FAULT_SLOW_SECONDS=N: sleep N seconds before the first delivery runs (task_prerun);
-- FAULT_KILL_MID_BATCH=1: SIGKILL the worker child once, right after the armed
-  event's own transaction committed inside a bulk batch, before the batch's
-  next event and before the message is acknowledged.
+- FAULT_KILL_MID_BATCH=1: SIGKILL the worker child once, inside a bulk batch's
+  transaction, right after the armed event's reversal was written and before the
+  batch's next event, the commit and the acknowledgement.
 """
 
 from __future__ import annotations
@@ -64,13 +64,15 @@ def _after(sender: Any = None, args: Any = None, **_: Any) -> None:
 if os.environ.get("FAULT_KILL_MID_BATCH"):
     from worker import processing
 
-    _apply = processing.apply
+    # processing imports reverse_event by name (not re-exported): reached through vars().
+    _reverse = vars(processing)["reverse_event"]
 
-    def _apply_then_die(event_id: Any, *args: Any, **kwargs: Any) -> str:
-        outcome = _apply(event_id, *args, **kwargs)
-        if str(event_id) == os.environ.get("FAULT_EVENT") and _once("killed"):
+    def _reverse_then_die(session: Any, event: Any, *args: Any, **kwargs: Any) -> Any:
+        report = _reverse(session, event, *args, **kwargs)
+        if str(event.id) == os.environ.get("FAULT_EVENT") and _once("killed"):
+            session.flush()  # the armed event's writes reach PostgreSQL, uncommitted
             os.kill(os.getpid(), signal.SIGKILL)
-        return outcome
+        return report
 
-    # handle_batch looks `apply` up in its module at each call.
-    processing.apply = _apply_then_die
+    # handle_batch looks `reverse_event` up in its module at each call.
+    vars(processing)["reverse_event"] = _reverse_then_die

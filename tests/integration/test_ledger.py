@@ -5,10 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from tests.support import World
+from worker.db import unit_of_work
+from worker.intake import request_reversal
 from worker.models import Allocation, Line, Redemption, Transaction
+from worker.processing import handle_batch
 
 LATER = datetime(2031, 1, 1, tzinfo=UTC)
 SOONER = datetime(2030, 1, 1, tzinfo=UTC)
@@ -186,3 +190,30 @@ def test_points_a_reversal_gives_back_pay_a_debt_on_a_line_it_did_not_touch(
     assert _remaining_by_event(world, customer) == {first: 0, second: -20}
     assert world.balance(customer) == -20
     world.check(customer)
+
+
+@pytest.mark.parametrize("delivery", ["alone", "in a bulk batch"])
+def test_the_debt_a_reversal_leaves_is_paid_at_once_from_live_points(
+    world: World, delivery: str
+) -> None:
+    customer = uuid.uuid4()
+    first = world.event(customer, accumulate=[100])
+    world.event(customer, redeem=[70])  # from the first line: 30 left
+    second = world.event(customer, accumulate=[50])
+    other = uuid.uuid4()
+    elsewhere = world.event(other, accumulate=[10])
+    if delivery == "alone":
+        assert world.reverse(first, "negative") == "REVERSED"
+    else:
+        batch = str(uuid.uuid4())
+        with unit_of_work(world.factory) as session:
+            for event_id in (first, elsewhere):
+                request_reversal(
+                    session, world.brand_id, event_id, "refund", batch_message_id=batch
+                )
+        assert handle_batch([first, elsewhere], batch, world.factory) == {"REVERSED": 2}
+    # The first line owes 70; the second line's 50 pay what they can at once.
+    assert _remaining_by_event(world, customer) == {first: -20, second: 0}
+    assert world.balance(customer) == -20
+    world.check(customer)
+    world.check(other)

@@ -8,16 +8,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tests.support import World
+from worker import processing
 from worker.db import unit_of_work
-from worker.intake import IntakeError, fulfil_event
+from worker.intake import IntakeError, fulfil_event, request_reversal
 from worker.ledger.expiry import expire_wallet
 from worker.models import Event, Line
+from worker.processing import handle_batch
 
 expiry = st.sampled_from(["none", "future", "soon"])
 policy = st.sampled_from(["negative", "clamp", "fail"])
@@ -80,6 +83,10 @@ def _run(world: World, customer: uuid.UUID, op: tuple[Any, ...], events: list[uu
     return False
 
 
+def _not_one_by_one(*_: Any, **__: Any) -> str:
+    raise AssertionError("the batch fell back to one transaction per event")
+
+
 @settings(
     max_examples=60,
     deadline=None,
@@ -87,7 +94,10 @@ def _run(world: World, customer: uuid.UUID, op: tuple[Any, ...], events: list[uu
 )
 @given(history=st.lists(step, min_size=1, max_size=12), data=st.data())
 def test_random_histories_keep_the_invariants_and_undo_to_zero(
-    db_factory: Callable[[], Session], history: list[tuple[Any, ...]], data: st.DataObject
+    db_factory: Callable[[], Session],
+    monkeypatch: pytest.MonkeyPatch,
+    history: list[tuple[Any, ...]],
+    data: st.DataObject,
 ) -> None:
     world = World.create(db_factory)
     customer = uuid.uuid4()
@@ -99,12 +109,39 @@ def test_random_histories_keep_the_invariants_and_undo_to_zero(
         forgiven |= _run(world, customer, op, events)
         world.check(customer)
 
-    # Reverse everything still standing, in any order, under `negative`.
-    for event_id in data.draw(st.permutations(events)):
-        status = world.get(event_id).status
-        if status in ("RESOLVED",) or (
-            status == "FAILED" and world.get(event_id).reversal_status == "FAILED"
-        ):
+    # Reverse everything still standing, in any order, under `negative`: one by one,
+    # or together as one bulk batch (one transaction, read ahead together).
+    standing = [
+        event_id
+        for event_id in data.draw(st.permutations(events))
+        if world.get(event_id).status == "RESOLVED"
+        or (
+            world.get(event_id).status == "FAILED"
+            and world.get(event_id).reversal_status == "FAILED"
+        )
+    ]
+    if data.draw(st.booleans(), label="as one bulk batch"):
+        batch = str(uuid.uuid4())
+        with unit_of_work(world.factory) as session:
+            for event_id in standing:
+                answer = request_reversal(
+                    session,
+                    world.brand_id,
+                    event_id,
+                    "refund",
+                    shortfall="negative",
+                    batch_message_id=batch,
+                )
+                assert answer.status_code == 202
+        with monkeypatch.context() as patched:
+            # Nothing in it is refused: the batch must not fall back to one by one.
+            patched.setattr(processing, "apply", _not_one_by_one)
+            outcomes = handle_batch(standing, batch, world.factory)
+        assert set(outcomes) <= {"REVERSED", "CANCELLED"}, outcomes
+        assert sum(outcomes.values()) == len(standing)
+        world.check(customer)
+    else:
+        for event_id in standing:
             assert world.reverse(event_id, "negative") in ("REVERSED", "CANCELLED")
             world.check(customer)
     if forgiven:

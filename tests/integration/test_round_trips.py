@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import event
 
 from tests.support import World
-from worker.processing import handle_message
+from worker.db import unit_of_work
+from worker.intake import request_reversal
+from worker.processing import handle_batch, handle_message
 
 # The test's sessions run inside savepoints of one rolled-back transaction.
 _SAVEPOINTS = re.compile(r"^(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT)\b")
@@ -50,9 +52,8 @@ def test_a_reversal_reads_each_table_once_and_writes_each_table_once(
         assert handle_message(spent, message_id, world.factory) == "REVERSED"
 
     verbs = Counter(" ".join(s.split()[:2]) for s in seen if not s.startswith("SELECT"))
-    # The claim; then in the work's transaction the gift card, the three lines in one
-    # batch, the five transactions in one batch and the wallet (flushed before debts
-    # are looked for), and the event at the commit.
+    # The claim; then, at the work's commit, the event, the gift card, the three lines
+    # in one batch, the five transactions in one batch and the wallet.
     assert verbs == {
         "UPDATE events": 2,
         "UPDATE gift_cards": 1,
@@ -61,9 +62,8 @@ def test_a_reversal_reads_each_table_once_and_writes_each_table_once(
         "UPDATE wallets": 1,
     }, seen
     # One query each: the event with its brand, the wallets with their rewards and
-    # the customer, the lines, the allocations, the gift cards, the settlements of
-    # the lines given back; after the writes, the customer's debts. Nothing is read
-    # twice.
+    # the customer, the customer's lines in debt, the lines, the allocations, the
+    # gift cards, the settlements of the lines given back. Nothing is read twice.
     reads = [s for s in seen if s.startswith("SELECT")]
     assert len(reads) == 7, seen
     assert len(seen) == 13, seen
@@ -78,3 +78,44 @@ def test_a_reversal_request_is_one_read_and_one_write(world: World, engine: Any)
     # The event, locked, with its brand; then its UPDATE at the commit.
     assert [s.split()[0] for s in seen] == ["SELECT", "UPDATE"], seen
     world.check(customer)
+
+
+def test_a_bulk_batch_reads_each_table_once_for_all_of_its_events(
+    world: World, engine: Any
+) -> None:
+    customers = [uuid.uuid4() for _ in range(5)]
+    batch = str(uuid.uuid4())
+    spent = []
+    for customer in customers:
+        world.event(customer, accumulate=[300, 200])
+        spent.append(world.event(customer, accumulate=[120, 30], redeem=[250], gift_cards=1))
+    # Two events of one customer in the same batch.
+    spent.append(world.event(customers[0], accumulate=[40]))
+    with unit_of_work(world.factory) as session:
+        for event_id in spent:
+            request_reversal(session, world.brand_id, event_id, "refund", batch_message_id=batch)
+
+    with statements(engine) as seen:
+        assert handle_batch(spent, batch, world.factory) == {"REVERSED": 6}
+
+    # The claim; then, once for the whole batch: the events with their brands, every
+    # customer's wallets, their lines in debt, the events' lines, the allocations,
+    # the gift cards, the settlements; and at the commit one batch per table written.
+    # The same 13 statements as for one event: none per event.
+    assert [" ".join(s.split()[:2]) for s in seen] == [
+        "UPDATE events",
+        "SELECT events.id,",
+        "SELECT wallets.customer_id,",
+        "SELECT lines.id,",
+        "SELECT lines.id,",
+        "SELECT allocations.id,",
+        "SELECT gift_cards.id,",
+        "SELECT settlements.id,",
+        "UPDATE events",
+        "UPDATE gift_cards",
+        "UPDATE lines",
+        "INSERT INTO",
+        "UPDATE wallets",
+    ], seen
+    for customer in customers:
+        world.check(customer)

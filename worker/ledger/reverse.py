@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -33,11 +33,14 @@ from worker.ledger.errors import InconsistentLedger, ShortfallRefused
 from worker.ledger.reservations import cancel
 from worker.ledger.wallet import (
     Context,
-    load_context,
+    Debts,
+    load_settlements,
+    lock_customers,
     recompute_tier,
     return_points,
     settle_debts,
     snapshot,
+    utcnow,
 )
 from worker.models import (
     Allocation,
@@ -49,6 +52,7 @@ from worker.models import (
     LineState,
     Redemption,
     ReversalStatus,
+    Settlement,
     Shortfall,
     Transaction,
     TransactionType,
@@ -76,9 +80,9 @@ class ShortfallReport:
         }
 
 
-# The reads ahead, built once (as in worker.ledger.wallet). Each line comes with its
-# ACCUMULATION and the campaign its transactions will name; each allocation with
-# the line it took from, locked.
+# The reads ahead, built once (as in worker.ledger.wallet), for one event or for a
+# bulk batch's. Each line comes with its ACCUMULATION and the campaign its
+# transactions will name; each allocation with the line it took from, locked.
 _LINES = (
     select(Line, Transaction, Campaign)
     .outerjoin(
@@ -86,49 +90,109 @@ _LINES = (
         (Transaction.line_id == Line.id) & (Transaction.type == TransactionType.ACCUMULATION.value),
     )
     .outerjoin(Campaign, Campaign.id == Line.campaign_id)
-    .where(Line.event_id == bindparam("event_id"))
+    .where(Line.event_id.in_(bindparam("event_ids", expanding=True)))
     .order_by(Line.id)
 )
 _ALLOCATIONS = (
-    select(Allocation, Line, Campaign)
+    select(Allocation, Line, Campaign, Redemption.event_id)
     .join(Redemption, Redemption.id == Allocation.redemption_id)
     .join(Line, Line.id == Allocation.line_id)
     .outerjoin(Campaign, Campaign.id == Line.campaign_id)
-    .where(Redemption.event_id == bindparam("event_id"))
+    .where(Redemption.event_id.in_(bindparam("event_ids", expanding=True)))
     .order_by(Redemption.id, Allocation.id)
     .with_for_update(of=Line)
 )
 _GIFT_CARDS = (
-    select(GiftCard).where(GiftCard.event_id == bindparam("event_id")).order_by(GiftCard.id)
+    select(GiftCard)
+    .where(GiftCard.event_id.in_(bindparam("event_ids", expanding=True)))
+    .order_by(GiftCard.id)
 )
 
 
+@dataclass
+class Ahead:
+    """What the reversal of one fulfilled event reads before it writes anything."""
+
+    ctx: Context
+    lines: list[Line] = field(default_factory=list)
+    accumulations: dict[uuid.UUID, Transaction] = field(default_factory=dict)  # by line id
+    given: list[tuple[Allocation, Line]] = field(default_factory=list)
+    cards: list[GiftCard] = field(default_factory=list)
+
+
+def read_ahead(
+    session: Session, events: Sequence[Event], now: datetime | None = None
+) -> dict[uuid.UUID, Ahead]:
+    """Lock the customers' wallets (the lock order), then read everything the events'
+    reversals touch in one query per table while nothing is pending: the writes are
+    then flushed together, not one by one between reads.
+
+    For a batch, the events share the customers' locked rows, the campaigns and
+    the settlements, so that each reversal sees what the ones before it did.
+    """
+    now = now or utcnow()
+    held = lock_customers(session, [event.customer_id for event in events])
+    debts = Debts.read(session, held)
+    campaigns: dict[uuid.UUID, Campaign] = {}
+    settlements: dict[uuid.UUID, list[Settlement]] = {}
+    ahead = {}
+    for event in events:
+        customer = held[event.customer_id]
+        ctx = Context(
+            session,
+            event,
+            customer.rewards,
+            customer.wallets,
+            customer.customer,
+            now,
+            campaigns=campaigns,
+            settlements=settlements,
+            debts=debts,
+        )
+        ahead[event.id] = Ahead(ctx)
+    of_events = {"event_ids": list(ahead)}
+    accumulated = session.execute(_LINES, of_events).all()
+    for line, tx, campaign in accumulated:
+        _accumulated(ahead[line.event_id], line, tx)
+        debts.watch([line])  # taken back under `negative`, it goes below zero
+        if campaign is not None:
+            campaigns[campaign.id] = campaign
+    given = session.execute(_ALLOCATIONS, of_events).all()
+    for allocation, line, campaign, event_id in given:
+        ahead[event_id].given.append((allocation, line))
+        if campaign is not None:
+            campaigns[campaign.id] = campaign
+    for card in session.scalars(_GIFT_CARDS, of_events):
+        ahead[card.event_id].cards.append(card)
+    load_settlements(session, settlements, (line.id for _, line, *_ in given))
+    return ahead
+
+
 def reverse_event(
-    session: Session, event: Event, policy: Shortfall, now: datetime | None = None
+    session: Session,
+    event: Event,
+    policy: Shortfall,
+    now: datetime | None = None,
+    ahead: Ahead | None = None,
 ) -> ShortfallReport:
-    """Undo a RESOLVED event's effects. Raises ShortfallRefused under `fail`."""
+    """Undo a RESOLVED event's effects. Raises ShortfallRefused under `fail`.
+
+    `ahead` is the event's reads from a batch's read_ahead; alone, it reads its own.
+    """
     if not event.fulfilled:
         cancel(event, now)
         event.reversal_status = ReversalStatus.CANCELLED.value
         return ShortfallReport(policy=policy.value)
-    # Wallets first (the lock order), then everything the reversal touches, read
-    # ahead in one query per table while nothing is pending: the writes below are
-    # then flushed together, not one by one between reads.
-    ctx = load_context(session, event, now=now)
-    of_event = {"event_id": event.id}
-    accumulated = session.execute(_LINES, of_event).all()
-    lines, accumulations = _accumulations(accumulated)
-    given = session.execute(_ALLOCATIONS, of_event).all()
-    ctx.campaigns.update((c.id, c) for *_, c in [*accumulated, *given] if c is not None)
-    cards = list(session.scalars(_GIFT_CARDS, of_event))
-    ctx.load_settlements(line.id for _, line, _ in given)
+    if ahead is None:
+        ahead = read_ahead(session, [event], now)[event.id]
+    ctx = ahead.ctx
     report = ShortfallReport(policy=policy.value)
 
-    for allocation, line, _ in given:
+    for allocation, line in ahead.given:
         _give_back(ctx, allocation, line)
-    for line in lines:
-        _take_back(ctx, line, accumulations.get(line.id), policy, report)
-    for card in cards:
+    for line in ahead.lines:
+        _take_back(ctx, line, ahead.accumulations.get(line.id), policy, report)
+    for card in ahead.cards:
         if card.voided_at is not None:
             continue
         if card.redeemed_at is not None:
@@ -141,8 +205,9 @@ def reverse_event(
             f"shortfall of {report.total} point(s) and {len(report.gift_cards)} redeemed "
             "gift card(s); policy 'fail' refuses the reversal"
         )
-    reward_ids = {line.reward_id for line in lines} | {line.reward_id for _, line, _ in given}
-    settle_debts(ctx, reward_ids | {card.reward_id for card in cards})
+    reward_ids = {line.reward_id for line in ahead.lines}
+    reward_ids |= {line.reward_id for _, line in ahead.given}
+    settle_debts(ctx, reward_ids | {card.reward_id for card in ahead.cards})
     recompute_tier(ctx)
     event.status = EventStatus.REVERSED.value
     event.reversed_at = ctx.now
@@ -152,20 +217,13 @@ def reverse_event(
     return report
 
 
-def _accumulations(
-    # The transaction (and the campaign) is None where none was found.
-    rows: Sequence[Row[Line, Transaction, Campaign]],
-) -> tuple[list[Line], dict[uuid.UUID, Transaction]]:
-    """The event's lines, and the ACCUMULATION transaction of each by line id."""
-    lines: list[Line] = []
-    found: dict[uuid.UUID, Transaction] = {}
-    for line, tx, _ in rows:
-        if lines and lines[-1] is line:
-            raise InconsistentLedger(f"line {line.id} has more than one accumulation")
-        lines.append(line)
-        if tx is not None:
-            found[line.id] = tx
-    return lines, found
+def _accumulated(ahead: Ahead, line: Line, accumulation: Transaction | None) -> None:
+    """One row of _LINES: the event's line and its ACCUMULATION (None where none was found)."""
+    if ahead.lines and ahead.lines[-1] is line:
+        raise InconsistentLedger(f"line {line.id} has more than one accumulation")
+    ahead.lines.append(line)
+    if accumulation is not None:
+        ahead.accumulations[line.id] = accumulation
 
 
 def _give_back(ctx: Context, allocation: Allocation, line: Line) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -58,13 +58,21 @@ _SETTLEMENTS = (
 # enough to serialise operations on the customer, and it does not block the
 # key-share lock that inserting a row referring to the customer (an event, a line)
 # takes meanwhile.
+# Several customers (a bulk batch) are locked in customer order, the same order in
+# every batch, so that two batches cannot wait on each other.
 _WALLETS = (
     select(Wallet, Reward, Customer)
     .join(Reward, Reward.id == Wallet.reward_id)
     .join(Customer, Customer.id == Wallet.customer_id)
-    .where(Wallet.customer_id == bindparam("customer_id"))
-    .order_by(Wallet.reward_id)
+    .where(Wallet.customer_id.in_(bindparam("customer_ids", expanding=True)))
+    .order_by(Wallet.customer_id, Wallet.reward_id)
     .with_for_update(of=[Wallet, Customer], key_share=True)
+)
+_CUSTOMERS = (
+    select(Customer)
+    .where(Customer.id.in_(bindparam("customer_ids", expanding=True)))
+    .order_by(Customer.id)
+    .with_for_update(key_share=True)
 )
 _DEBTORS = (
     select(Line)
@@ -75,6 +83,13 @@ _DEBTORS = (
         Line.remaining < 0,
     )
     .order_by(Line.reward_id, Line.issued_at, Line.id)
+)
+# The lines in debt of customers whose wallets are locked, read once before a
+# reversal writes (see Debts).
+_IN_DEBT = select(Line).where(
+    Line.customer_id.in_(bindparam("customer_ids", expanding=True)),
+    Line.state.in_(LIVE_STATES),
+    Line.remaining < 0,
 )
 _SPENDABLE = (
     select(Line)
@@ -94,6 +109,85 @@ def utcnow() -> datetime:
 
 
 @dataclass
+class Holdings:
+    """One customer's row and all of their wallets (with their rewards), locked."""
+
+    customer: Customer
+    wallets: dict[uuid.UUID, Wallet] = field(default_factory=dict)  # by reward id
+    rewards: dict[uuid.UUID, Reward] = field(default_factory=dict)
+
+
+def lock_customers(
+    session: Session, customer_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, Holdings]:
+    """Lock these customers' wallets with their rows, in customer order; a customer
+    without wallets yet is locked alone."""
+    ids = sorted(set(customer_ids))
+    held: dict[uuid.UUID, Holdings] = {}
+    for wallet, reward, customer in session.execute(_WALLETS, {"customer_ids": ids}):
+        holdings = held.setdefault(customer.id, Holdings(customer))
+        holdings.wallets[wallet.reward_id] = wallet
+        holdings.rewards[reward.id] = reward
+    alone = [i for i in ids if i not in held]
+    if alone:
+        for customer in session.scalars(_CUSTOMERS, {"customer_ids": alone}):
+            held[customer.id] = Holdings(customer)
+    missing = [str(i) for i in ids if i not in held]
+    if missing:
+        raise InconsistentLedger(f"unknown customer(s): {', '.join(missing)}")
+    return held
+
+
+def load_settlements(
+    session: Session, into: dict[uuid.UUID, list[Settlement]], line_ids: Iterable[uuid.UUID]
+) -> None:
+    """Read ahead, in one query, the live settlements of these debtor lines, newest first."""
+    ids = set(line_ids) - set(into)
+    if not ids:
+        return
+    for line_id in ids:
+        into[line_id] = []
+    for settlement in session.scalars(_SETTLEMENTS, {"line_ids": list(ids)}):
+        into[settlement.debtor_line_id].append(settlement)
+
+
+@dataclass
+class Debts:
+    """The lines that can be in debt while one transaction holds their customers' wallets.
+
+    Those in debt when the wallets were locked, and those the transaction may take
+    below zero (a reversal's own lines): holding the wallets, no one else writes
+    these customers' lines meanwhile, so the debts are known in memory, and a
+    reversal's writes need not be flushed to look for them.
+    """
+
+    lines: dict[uuid.UUID, Line] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, session: Session, customer_ids: Iterable[uuid.UUID]) -> Debts:
+        found = session.scalars(_IN_DEBT, {"customer_ids": sorted(set(customer_ids))})
+        return cls({line.id: line for line in found})
+
+    def watch(self, lines: Iterable[Line]) -> None:
+        self.lines.update((line.id, line) for line in lines)
+
+    def of(self, customer_id: uuid.UUID, reward_ids: Iterable[uuid.UUID]) -> list[Line]:
+        """As _DEBTORS would find them: in reward order, oldest first."""
+        rewards = set(reward_ids)
+        return sorted(
+            (
+                line
+                for line in self.lines.values()
+                if line.customer_id == customer_id
+                and line.reward_id in rewards
+                and line.state in LIVE_STATES
+                and line.remaining < 0
+            ),
+            key=lambda line: (line.reward_id, line.issued_at, line.id),
+        )
+
+
+@dataclass
 class Context:
     """What one ledger operation needs to write transactions for an event."""
 
@@ -108,6 +202,8 @@ class Context:
     campaigns: dict[uuid.UUID, Campaign] = field(default_factory=dict)
     # Settlements by debtor line, newest first, for lines whose were read ahead.
     settlements: dict[uuid.UUID, list[Settlement]] = field(default_factory=dict)
+    # Known in memory when read ahead (a reversal); otherwise looked for after the writes.
+    debts: Debts | None = None
 
     def campaign(self, campaign_id: uuid.UUID | None) -> Campaign | None:
         if campaign_id is None:
@@ -123,15 +219,7 @@ class Context:
         return self.settlements[line_id]
 
     def load_settlements(self, line_ids: Iterable[uuid.UUID]) -> None:
-        """Read ahead, in one query, the live settlements of these debtor lines."""
-        ids = set(line_ids) - set(self.settlements)
-        if not ids:
-            return
-        for line_id in ids:
-            self.settlements[line_id] = []
-        found = self.session.scalars(_SETTLEMENTS, {"line_ids": list(ids)})
-        for settlement in found:
-            self.settlements[settlement.debtor_line_id].append(settlement)
+        load_settlements(self.session, self.settlements, line_ids)
 
     def write(
         self,
@@ -205,16 +293,8 @@ def load_context(
             )
             .on_conflict_do_nothing()
         )
-    rows = session.execute(_WALLETS, {"customer_id": event.customer_id}).all()
-    wallets = {wallet.reward_id: wallet for wallet, *_ in rows}
-    rewards = {reward.id: reward for _, reward, _ in rows}
-    # A customer without wallets yet is locked alone.
-    customer = (
-        rows[0][2]
-        if rows
-        else session.get_one(Customer, event.customer_id, with_for_update={"key_share": True})
-    )
-    return Context(session, event, rewards, wallets, customer, now or utcnow())
+    held = lock_customers(session, [event.customer_id])[event.customer_id]
+    return Context(session, event, held.rewards, held.wallets, held.customer, now or utcnow())
 
 
 def is_past(moment: datetime | None, now: datetime) -> bool:
@@ -244,6 +324,8 @@ def return_points(ctx: Context, line: Line, amount: int) -> None:
     for settlement in ctx.settlements_of(line.id):
         if amount <= 0:
             break
+        if settlement.amount <= 0:  # given back in full earlier in this transaction
+            continue
         back = min(amount, settlement.amount)
         creditor = ctx.session.get_one(Line, settlement.creditor_line_id)
         settlement.amount -= back
@@ -263,9 +345,12 @@ def settle_debts(ctx: Context, reward_ids: Iterable[uuid.UUID]) -> None:
     ids = sorted(set(reward_ids))
     if not ids:
         return
-    debtors = ctx.session.scalars(
-        _DEBTORS, {"customer_id": ctx.event.customer_id, "reward_ids": ids}
-    ).all()
+    if ctx.debts is not None:
+        debtors = ctx.debts.of(ctx.event.customer_id, ids)
+    else:
+        debtors = list(
+            ctx.session.scalars(_DEBTORS, {"customer_id": ctx.event.customer_id, "reward_ids": ids})
+        )
     creditors: dict[uuid.UUID, list[Line]] = {}
     for debtor in debtors:
         if debtor.reward_id not in creditors:
@@ -332,7 +417,3 @@ def snapshot(ctx: Context) -> None:
         str(reward_id): ctx.wallets[reward_id].balance for reward_id in sorted(ctx.wallets)
     }
     ctx.event.result_customer = {"id": str(customer.id), "tier": customer.tier}
-
-
-def touch(session: Session, event_id: uuid.UUID) -> None:
-    session.execute(update(Event).where(Event.id == event_id).values(updated_at=utcnow()))
