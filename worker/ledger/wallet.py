@@ -161,15 +161,18 @@ class Debts:
     reversal's writes need not be flushed to look for them.
     """
 
-    lines: dict[uuid.UUID, Line] = field(default_factory=dict)
+    # By customer, then by line id.
+    lines: dict[uuid.UUID, dict[uuid.UUID, Line]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, session: Session, customer_ids: Iterable[uuid.UUID]) -> Debts:
-        found = session.scalars(_IN_DEBT, {"customer_ids": sorted(set(customer_ids))})
-        return cls({line.id: line for line in found})
+        debts = cls()
+        debts.watch(session.scalars(_IN_DEBT, {"customer_ids": sorted(set(customer_ids))}))
+        return debts
 
     def watch(self, lines: Iterable[Line]) -> None:
-        self.lines.update((line.id, line) for line in lines)
+        for line in lines:
+            self.lines.setdefault(line.customer_id, {})[line.id] = line
 
     def of(self, customer_id: uuid.UUID, reward_ids: Iterable[uuid.UUID]) -> list[Line]:
         """As _DEBTORS would find them: in reward order, oldest first."""
@@ -177,11 +180,8 @@ class Debts:
         return sorted(
             (
                 line
-                for line in self.lines.values()
-                if line.customer_id == customer_id
-                and line.reward_id in rewards
-                and line.state in LIVE_STATES
-                and line.remaining < 0
+                for line in self.lines.get(customer_id, {}).values()
+                if line.reward_id in rewards and line.state in LIVE_STATES and line.remaining < 0
             ),
             key=lambda line: (line.reward_id, line.issued_at, line.id),
         )
