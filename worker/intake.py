@@ -171,7 +171,7 @@ def request_reversal(
         found = session.execute(EVENT_WITH_BRAND, {"event_id": event_id}).one_or_none()
         if found is None:
             raise not_found(event_id)
-        event, brand = found.tuple()
+        event, brand = found
     else:
         event = locked
     if event.id != event_id or event.brand_id != brand_id:
