@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     flower_basic_auth: str = "admin:admin"
 
     queue: str = "reversals"
-    # Events of one bulk request per message (one claim, then one transaction each).
+    # Events of one bulk request per message (one claim, then one transaction for all).
     bulk_batch_size: int = Field(default=50, ge=1, le=1000)
     broker_visibility_timeout: int = Field(default=300, ge=5)
     sweep_interval: float = Field(default=30, gt=0)
