@@ -131,9 +131,7 @@ def _reverse_together(
         mine = [
             by_id[event_id]
             for event_id in event_ids
-            if event_id in by_id
-            and by_id[event_id][0].queue_message_id == message_id
-            and by_id[event_id][0].status == EventStatus.PROCESSING
+            if event_id in by_id and _delivered_to(by_id[event_id][0], message_id)
         ]
         outcomes["IGNORED"] = len(event_ids) - len(mine)
         now = utcnow()
@@ -154,6 +152,11 @@ def _reverse_together(
             reversal=True,
         )
     return outcomes
+
+
+def _delivered_to(event: Event, message_id: str) -> bool:
+    """Whether this message's claim still holds the event (read again, locked)."""
+    return event.queue_message_id == message_id and event.status == EventStatus.PROCESSING
 
 
 def _policy(event: Event, brand: Brand) -> Shortfall:
@@ -182,7 +185,7 @@ def apply(
     try:
         with unit_of_work(factory) as session:
             event, brand = session.execute(EVENT_WITH_BRAND, {"event_id": event_id}).one()
-            if event.queue_message_id != message_id or event.status != EventStatus.PROCESSING:
+            if not _delivered_to(event, message_id):
                 bound.info("message_ignored", status=event.status)
                 return "IGNORED"
             if reversal:
@@ -252,19 +255,11 @@ def _claim_statement() -> Any:
 _CLAIM = _claim_statement()
 # The event, locked, and its brand (the worker keeps it in the session for the
 # ledger's reads of its settings; the intake reads the reversal window from it).
-EVENT_WITH_BRAND = (
-    select(Event, Brand)
-    .join(Brand, Brand.id == Event.brand_id)
-    .where(Event.id == bindparam("event_id"))
-    .with_for_update(of=Event)
-)
-
-
+_WITH_BRAND = select(Event, Brand).join(Brand, Brand.id == Event.brand_id)
+EVENT_WITH_BRAND = _WITH_BRAND.where(Event.id == bindparam("event_id")).with_for_update(of=Event)
 # A bulk batch's events with their brands, locked in id order (the claim's order).
 EVENTS_WITH_BRANDS = (
-    select(Event, Brand)
-    .join(Brand, Brand.id == Event.brand_id)
-    .where(Event.id.in_(bindparam("event_ids", expanding=True)))
+    _WITH_BRAND.where(Event.id.in_(bindparam("event_ids", expanding=True)))
     .order_by(Event.id)
     .with_for_update(of=Event)
 )

@@ -215,11 +215,8 @@ class Context:
     def settlements_of(self, line_id: uuid.UUID) -> list[Settlement]:
         """The settlements that paid this line's debt and still hold points, newest first."""
         if line_id not in self.settlements:
-            self.load_settlements([line_id])
+            load_settlements(self.session, self.settlements, [line_id])
         return self.settlements[line_id]
-
-    def load_settlements(self, line_ids: Iterable[uuid.UUID]) -> None:
-        load_settlements(self.session, self.settlements, line_ids)
 
     def write(
         self,
