@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import DateTime, bindparam, case, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from worker.db import unit_of_work
 from worker.ledger.errors import InsufficientBalance, LedgerError, ShortfallRefused
@@ -184,7 +184,8 @@ def apply(
 
     try:
         with unit_of_work(factory) as session:
-            event, brand = session.execute(EVENT_WITH_BRAND, {"event_id": event_id}).one()
+            statement = REVERSAL_WITH_BRAND if reversal else EVENT_WITH_BRAND
+            event, brand = session.execute(statement, {"event_id": event_id}).one()
             if not _delivered_to(event, message_id):
                 bound.info("message_ignored", status=event.status)
                 return "IGNORED"
@@ -257,11 +258,26 @@ _CLAIM = _claim_statement()
 # ledger's reads of its settings; the intake reads the reversal window from it).
 _WITH_BRAND = select(Event, Brand).join(Brand, Brand.id == Event.brand_id)
 EVENT_WITH_BRAND = _WITH_BRAND.where(Event.id == bindparam("event_id")).with_for_update(of=Event)
+# A reversal reads none of the event's JSON (what was asked, the results before) and
+# only overwrites its results: not loaded, they are not decoded, 6 per event.
+_NOT_READ_BY_A_REVERSAL = [
+    defer(column)
+    for column in (
+        Event.data,
+        Event.rewarding_campaigns,
+        Event.request,
+        Event.result_wallet,
+        Event.result_customer,
+        Event.reversal_shortfall,
+    )
+]
+REVERSAL_WITH_BRAND = EVENT_WITH_BRAND.options(*_NOT_READ_BY_A_REVERSAL)
 # A bulk batch's events with their brands, locked in id order (the claim's order).
 EVENTS_WITH_BRANDS = (
     _WITH_BRAND.where(Event.id.in_(bindparam("event_ids", expanding=True)))
     .order_by(Event.id)
     .with_for_update(of=Event)
+    .options(*_NOT_READ_BY_A_REVERSAL)
 )
 
 

@@ -53,7 +53,7 @@ def test_a_reversal_reads_each_table_once_and_writes_each_table_once(
 
     verbs = Counter(" ".join(s.split()[:2]) for s in seen if not s.startswith("SELECT"))
     # The claim; then, at the work's commit, the event, the gift card, the three lines
-    # in one batch, the five transactions in one batch and the wallet.
+    # in one batch, the five transactions in one statement and the wallet.
     assert verbs == {
         "UPDATE events": 2,
         "UPDATE gift_cards": 1,
@@ -100,7 +100,8 @@ def test_a_bulk_batch_reads_each_table_once_for_all_of_its_events(
 
     # The claim; then, once for the whole batch: the events with their brands, every
     # customer's wallets, their lines in debt, the events' lines, the allocations,
-    # the gift cards, the settlements; and at the commit one batch per table written.
+    # the gift cards, the settlements; and at the commit the transactions in one
+    # statement (worker.ledger.journal), then one batch per table updated.
     # The same 13 statements as for one event: none per event.
     assert [" ".join(s.split()[:2]) for s in seen] == [
         "UPDATE events",
@@ -111,10 +112,10 @@ def test_a_bulk_batch_reads_each_table_once_for_all_of_its_events(
         "SELECT allocations.id,",
         "SELECT gift_cards.id,",
         "SELECT settlements.id,",
+        "INSERT INTO",
         "UPDATE events",
         "UPDATE gift_cards",
         "UPDATE lines",
-        "INSERT INTO",
         "UPDATE wallets",
     ], seen
     for customer in customers:

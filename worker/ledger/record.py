@@ -140,7 +140,7 @@ def _redeem(ctx: Context, item: dict[str, Any]) -> None:
             line.reserved += take
         else:
             line.remaining -= take
-            allocation.transaction_id = ctx.write(line, TransactionType.REDEMPTION, -take).id
+            allocation.transaction_id = ctx.write(line, TransactionType.REDEMPTION, -take)
         allocations.append(allocation)
     # Allocations point at their transactions: those rows must exist first.
     ctx.session.flush()

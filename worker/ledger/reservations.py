@@ -78,9 +78,9 @@ def _spend_holds(ctx: Context, redemption: Redemption) -> None:
         line = ctx.session.get_one(Line, allocation.line_id, with_for_update=True)
         line.reserved -= allocation.amount
         line.remaining -= allocation.amount
-        tx = ctx.write(line, TransactionType.REDEMPTION, -allocation.amount)
+        tx_id = ctx.write(line, TransactionType.REDEMPTION, -allocation.amount)
         ctx.session.flush()
-        allocation.transaction_id = tx.id
+        allocation.transaction_id = tx_id
     redemption.held = False
 
 

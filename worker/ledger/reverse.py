@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -81,10 +81,10 @@ class ShortfallReport:
 
 
 # The reads ahead, built once (as in worker.ledger.wallet), for one event or for a
-# bulk batch's. Each line comes with its ACCUMULATION and the campaign its
+# bulk batch's. Each line comes with its ACCUMULATION's id and the campaign its
 # transactions will name; each allocation with the line it took from, locked.
 _LINES = (
-    select(Line, Transaction, Campaign)
+    select(Line, Transaction.id, Campaign)
     .outerjoin(
         Transaction,
         (Transaction.line_id == Line.id) & (Transaction.type == TransactionType.ACCUMULATION.value),
@@ -94,7 +94,8 @@ _LINES = (
     .order_by(Line.id)
 )
 _ALLOCATIONS = (
-    select(Allocation, Line, Campaign, Redemption.event_id)
+    select(Allocation.id, Allocation.amount, Allocation.transaction_id, Line, Campaign)
+    .add_columns(Redemption.event_id)
     .join(Redemption, Redemption.id == Allocation.redemption_id)
     .join(Line, Line.id == Allocation.line_id)
     .outerjoin(Campaign, Campaign.id == Line.campaign_id)
@@ -109,14 +110,23 @@ _GIFT_CARDS = (
 )
 
 
+class Given(NamedTuple):
+    """An allocation of one of the event's redemptions: what to give back, to which line."""
+
+    id: uuid.UUID
+    amount: int
+    transaction_id: uuid.UUID | None
+    line: Line  # locked
+
+
 @dataclass
 class Ahead:
     """What the reversal of one fulfilled event reads before it writes anything."""
 
     ctx: Context
     lines: list[Line] = field(default_factory=list)
-    accumulations: dict[uuid.UUID, Transaction] = field(default_factory=dict)  # by line id
-    given: list[tuple[Allocation, Line]] = field(default_factory=list)
+    accumulations: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # by line id
+    given: list[Given] = field(default_factory=list)
     cards: list[GiftCard] = field(default_factory=list)
 
 
@@ -158,13 +168,13 @@ def read_ahead(
         if campaign is not None:
             campaigns[campaign.id] = campaign
     given = session.execute(_ALLOCATIONS, of_events).all()
-    for allocation, line, campaign, event_id in given:
-        ahead[event_id].given.append((allocation, line))
+    for allocation_id, amount, transaction_id, line, campaign, event_id in given:
+        ahead[event_id].given.append(Given(allocation_id, amount, transaction_id, line))
         if campaign is not None:
             campaigns[campaign.id] = campaign
     for card in session.scalars(_GIFT_CARDS, of_events):
         ahead[card.event_id].cards.append(card)
-    load_settlements(session, settlements, (line.id for _, line, *_ in given))
+    load_settlements(session, settlements, (row.Line.id for row in given))
     return ahead
 
 
@@ -188,8 +198,8 @@ def reverse_event(
     ctx = ahead.ctx
     report = ShortfallReport(policy=policy.value)
 
-    for allocation, line in ahead.given:
-        _give_back(ctx, allocation, line)
+    for allocation in ahead.given:
+        _give_back(ctx, allocation)
     for line in ahead.lines:
         _take_back(ctx, line, ahead.accumulations.get(line.id), policy, report)
     for card in ahead.cards:
@@ -206,7 +216,7 @@ def reverse_event(
             "gift card(s); policy 'fail' refuses the reversal"
         )
     reward_ids = {line.reward_id for line in ahead.lines}
-    reward_ids |= {line.reward_id for _, line in ahead.given}
+    reward_ids |= {allocation.line.reward_id for allocation in ahead.given}
     settle_debts(ctx, reward_ids | {card.reward_id for card in ahead.cards})
     recompute_tier(ctx)
     event.status = EventStatus.REVERSED.value
@@ -217,7 +227,7 @@ def reverse_event(
     return report
 
 
-def _accumulated(ahead: Ahead, line: Line, accumulation: Transaction | None) -> None:
+def _accumulated(ahead: Ahead, line: Line, accumulation: uuid.UUID | None) -> None:
     """One row of _LINES: the event's line and its ACCUMULATION (None where none was found)."""
     if ahead.lines and ahead.lines[-1] is line:
         raise InconsistentLedger(f"line {line.id} has more than one accumulation")
@@ -226,7 +236,8 @@ def _accumulated(ahead: Ahead, line: Line, accumulation: Transaction | None) -> 
         ahead.accumulations[line.id] = accumulation
 
 
-def _give_back(ctx: Context, allocation: Allocation, line: Line) -> None:
+def _give_back(ctx: Context, allocation: Given) -> None:
+    line = allocation.line
     if allocation.transaction_id is None:
         raise InconsistentLedger(f"allocation {allocation.id} was never applied")
     ctx.write(
@@ -245,7 +256,7 @@ def _give_back(ctx: Context, allocation: Allocation, line: Line) -> None:
 def _take_back(
     ctx: Context,
     line: Line,
-    accumulation: Transaction | None,
+    accumulation: uuid.UUID | None,
     policy: Shortfall,
     report: ShortfallReport,
 ) -> None:
@@ -261,6 +272,6 @@ def _take_back(
             {"line_id": str(line.id), "reward_id": str(line.reward_id), "amount": missing}
         )
     details = f"shortfall {missing} ({policy.value})" if missing else "accumulation reversed"
-    ctx.write(line, TransactionType.REVERSAL, -take, reverses=accumulation.id, details=details)
+    ctx.write(line, TransactionType.REVERSAL, -take, reverses=accumulation, details=details)
     line.remaining -= take
     line.state = LineState.REVERSED.value

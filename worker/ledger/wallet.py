@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from worker.ledger import journal
 from worker.ledger.errors import InconsistentLedger
 from worker.models import (
     Brand,
@@ -34,7 +35,6 @@ from worker.models import (
     RewardType,
     Settlement,
     TierChange,
-    Transaction,
     TransactionType,
     Wallet,
 )
@@ -226,36 +226,44 @@ class Context:
         *,
         reverses: uuid.UUID | None = None,
         details: str | None = None,
-    ) -> Transaction:
-        """Append a transaction for `line` and move the wallet balance by `amount`."""
+    ) -> uuid.UUID:
+        """Append a transaction for `line` and move the wallet balance by `amount`.
+
+        Returns the transaction's id; the row is inserted at the next flush (journal).
+        """
         if line.reward_id not in self.wallets:
             raise InconsistentLedger(f"line {line.id} has no wallet of reward {line.reward_id}")
         reward = self.rewards[line.reward_id]
         campaign = self.campaign(line.campaign_id)
-        tx = Transaction(
-            id=uuid.uuid4(),
-            brand_id=self.event.brand_id,
-            customer_id=line.customer_id,
-            event_id=self.event.id,
-            line_id=line.id,
-            reward_id=line.reward_id,
-            campaign_id=line.campaign_id,
-            channel_id=self.event.channel_id,
-            store_id=self.event.store_id,
-            type=type_.value,
-            amount=amount,
-            cost=reward.cost * abs(amount),
-            details=details,
-            funded_by=campaign.funded_by if campaign else None,
-            event_type=self.event.type,
-            reward_type=reward.type,
-            reverses_id=reverses,
-            issued_at=self.event.issued_at,
-            created_at=self.now,
+        event = self.event
+        tx_id = uuid.uuid4()
+        journal.add(
+            self.session,
+            {
+                "id": tx_id,
+                "brand_id": event.brand_id,
+                "customer_id": line.customer_id,
+                "event_id": event.id,
+                "line_id": line.id,
+                "reward_id": line.reward_id,
+                "campaign_id": line.campaign_id,
+                "channel_id": event.channel_id,
+                "store_id": event.store_id,
+                "type": type_.value,
+                "amount": amount,
+                "cost": reward.cost * abs(amount),
+                "details": details,
+                "funded_by": campaign.funded_by if campaign else None,
+                "event_type": event.type,
+                "reward_type": reward.type,
+                "reverses_id": reverses,
+                "issued_at": event.issued_at,
+                "created_at": self.now,
+            },
         )
-        self.session.add(tx)
+        # Also what makes the session flush, and so insert the row (journal).
         self.wallets[line.reward_id].balance += amount
-        return tx
+        return tx_id
 
 
 def load_context(
