@@ -15,9 +15,8 @@ from worker.models import Event, Line, Transaction, TransactionType
 
 def _count(world: World, event_id: uuid.UUID) -> int:
     with world.factory() as session:
-        return session.scalar(
-            select(func.count()).select_from(Transaction).where(Transaction.event_id == event_id)
-        )
+        query = select(func.count()).select_from(Transaction)
+        return session.execute(query.where(Transaction.event_id == event_id)).scalar_one()
 
 
 def test_a_written_transaction_is_inserted_before_the_next_query_sees_the_table(
