@@ -50,9 +50,15 @@ class Claimed(NamedTuple):
     attempts: int  # this delivery's, counted
 
 
-def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory = None) -> str:
+def handle_message(
+    event_id: uuid.UUID, message_id: str, factory: SessionFactory = None, take: int | None = None
+) -> str:
     """Process or reverse the event this message names. Returns the outcome.
 
+    A reversal's delivery also takes up to `take` (TAKE_WAITING) other reversals
+    that wait for their own messages (a backlog), and does them all in one
+    transaction, as a bulk batch is done; their messages then find them done and
+    change nothing (IGNORED).
     Transient database errors propagate (the task retries them); a LedgerError
     ends the event FAILED at once.
     """
@@ -68,8 +74,17 @@ def handle_message(event_id: uuid.UUID, message_id: str, factory: SessionFactory
             structlog.contextvars.bind_contextvars(brand_id=str(current.brand_id))
             bound.info("message_ignored", status=current.status)
             return "IGNORED"
+        limit = get_settings().take_waiting if take is None else take
+        taken = {}
+        if claimed.reversal and limit:
+            taken = take_waiting(session, event_id, claimed.brand_id, limit)
     structlog.contextvars.bind_contextvars(brand_id=str(claimed.brand_id))
-    return apply(event_id, message_id, claimed, factory, [str(event_id), message_id])
+    if not taken:
+        return apply(event_id, message_id, claimed, factory, [str(event_id), message_id])
+    owners = {event_id: message_id, **{e: t.message_id for e, t in taken.items()}}
+    claims = {event_id: claimed, **{e: t.claimed for e, t in taken.items()}}
+    log.info("took_waiting", queue_message_id=message_id, taken=len(taken))
+    return reverse_all(owners, claims, factory)[event_id]
 
 
 def handle_batch(
@@ -78,77 +93,94 @@ def handle_batch(
     """Reverse the events one bulk request published under one message id.
 
     One claim for all of them (one commit), then all of their reversals in one
-    transaction, read ahead together. Should one of them be refused or find the
-    ledger wrong, that transaction is rolled back whole and the events are done
-    one by one, each in its own transaction exactly as a single message's, so
-    that an event's failure stays its own. A redelivery finds the events already
-    done no longer in flight. Transient errors propagate; the whole message is
-    retried.
+    transaction (reverse_all). A redelivery finds the events already done no longer
+    in flight. Transient errors propagate; the whole message is retried.
     """
     with unit_of_work(factory) as session:
         claimed = claim(session, event_ids, message_id)
     outcomes: Counter[str] = Counter()
     outcomes["IGNORED"] = len(set(event_ids)) - len(claimed)
-    mine = [event_id for event_id in dict.fromkeys(event_ids) if event_id in claimed]
-    try:
-        together = _reverse_together(mine, message_id, claimed, factory)
-    except LedgerError as exc:
-        log.info("batch_one_by_one", queue_message_id=message_id, reason=str(exc))
-        together = None
-    if together is not None:
-        outcomes.update(together)
-    else:
-        payload = [message_id, [str(e) for e in event_ids]]
-        for event_id in mine:  # in the request's order
-            with structlog.contextvars.bound_contextvars(
-                event_id=str(event_id), brand_id=str(claimed[event_id].brand_id)
-            ):
-                outcome = apply(
-                    event_id, message_id, claimed[event_id], factory, payload, batch_task=BATCH_TASK
-                )
-                outcomes[outcome] += 1
+    owners = {event_id: message_id for event_id in dict.fromkeys(event_ids) if event_id in claimed}
+    outcomes.update(reverse_all(owners, claimed, factory, batch=list(event_ids)).values())
     return {k: v for k, v in outcomes.items() if v}
 
 
-def _reverse_together(
-    event_ids: list[uuid.UUID],
-    message_id: str,
+def reverse_all(
+    owners: dict[uuid.UUID, str],
     claimed: dict[uuid.UUID, Claimed],
     factory: SessionFactory,
-) -> Counter[str] | None:
-    """The batch's reversals in one transaction, in the request's order; None when
-    one of its events must be handled alone (not a reversal, or out of tries)."""
+    batch: list[uuid.UUID] | None = None,
+) -> dict[uuid.UUID, str]:
+    """Claimed reversals, each owned by its message (`owners`, in order), all in one
+    transaction, read ahead together. Returns each event's outcome.
+
+    Should one of them be refused or find the ledger wrong, that transaction is
+    rolled back whole and the events are done one by one, each in its own
+    transaction exactly as a single message's, so that an event's failure stays
+    its own. `batch` is the bulk message's events (what its dead letters keep).
+    """
+    try:
+        together = _reverse_together(owners, claimed, factory)
+    except LedgerError as exc:
+        log.info("batch_one_by_one", reason=str(exc))
+        together = None
+    if together is not None:
+        return together
+    outcomes = {}
+    for event_id, message_id in owners.items():  # in order
+        payload: list[Any] = [str(event_id), message_id]
+        if batch is not None:
+            payload = [message_id, [str(e) for e in batch]]
+        with structlog.contextvars.bound_contextvars(
+            event_id=str(event_id), brand_id=str(claimed[event_id].brand_id)
+        ):
+            outcomes[event_id] = apply(
+                event_id,
+                message_id,
+                claimed[event_id],
+                factory,
+                payload,
+                batch_task=BATCH_TASK if batch is not None else None,
+            )
+    return outcomes
+
+
+def _reverse_together(
+    owners: dict[uuid.UUID, str],
+    claimed: dict[uuid.UUID, Claimed],
+    factory: SessionFactory,
+) -> dict[uuid.UUID, str] | None:
+    """The reversals in one transaction, in order; None when one of the events must be
+    handled alone (not a reversal, or out of tries)."""
     limit = get_settings().task_max_retries + 1
-    if any(not claimed[e].reversal or claimed[e].attempts > limit for e in event_ids):
+    if any(not claimed[e].reversal or claimed[e].attempts > limit for e in owners):
         return None
-    outcomes: Counter[str] = Counter()
-    if not event_ids:
+    outcomes: dict[uuid.UUID, str] = {}
+    if not owners:
         return outcomes
-    done: list[tuple[Event, str]] = []
     with unit_of_work(factory) as session:
-        found = session.execute(EVENTS_WITH_BRANDS, {"event_ids": event_ids}).all()
+        found = session.execute(EVENTS_WITH_BRANDS, {"event_ids": list(owners)}).all()
         by_id = {event.id: (event, brand) for event, brand in found}
-        mine = [
-            by_id[event_id]
-            for event_id in event_ids
-            if event_id in by_id and _delivered_to(by_id[event_id][0], message_id)
-        ]
-        outcomes["IGNORED"] = len(event_ids) - len(mine)
+        mine = []
+        for event_id, message_id in owners.items():
+            if event_id in by_id and _delivered_to(by_id[event_id][0], message_id):
+                mine.append(by_id[event_id])
+            else:
+                outcomes[event_id] = "IGNORED"
         now = utcnow()
         # Every customer is locked here, in customer order, before any event's work.
         ahead = read_ahead(session, [event for event, _ in mine], now)
         for event, brand in mine:
             reverse_event(session, event, _policy(event, brand), now, ahead[event.id])
             event.updated_at = now
-            outcomes[event.status] += 1
-            done.append((event, event.status))
-    for event, outcome in done:  # logged once committed
+            outcomes[event.id] = event.status
+    for event, _ in mine:  # logged once committed
         log.info(
             "event_done",
             event_id=str(event.id),
             brand_id=str(event.brand_id),
-            queue_message_id=message_id,
-            outcome=outcome,
+            queue_message_id=owners[event.id],
+            outcome=outcomes[event.id],
             reversal=True,
         )
     return outcomes
@@ -258,9 +290,9 @@ _CLAIM = _claim_statement()
 # ledger's reads of its settings; the intake reads the reversal window from it).
 _WITH_BRAND = select(Event, Brand).join(Brand, Brand.id == Event.brand_id)
 EVENT_WITH_BRAND = _WITH_BRAND.where(Event.id == bindparam("event_id")).with_for_update(of=Event)
-# A reversal reads none of the event's JSON (what was asked, the results before) and
-# only overwrites its results: not loaded, they are not decoded, 6 per event.
-_NOT_READ_BY_A_REVERSAL = [
+# A reversal, and a request for one, read none of the event's JSON (what was asked,
+# the results before) and only overwrite its results: not loaded, not decoded.
+NOT_READ_BY_A_REVERSAL = [
     defer(column)
     for column in (
         Event.data,
@@ -271,13 +303,13 @@ _NOT_READ_BY_A_REVERSAL = [
         Event.reversal_shortfall,
     )
 ]
-REVERSAL_WITH_BRAND = EVENT_WITH_BRAND.options(*_NOT_READ_BY_A_REVERSAL)
+REVERSAL_WITH_BRAND = EVENT_WITH_BRAND.options(*NOT_READ_BY_A_REVERSAL)
 # A bulk batch's events with their brands, locked in id order (the claim's order).
 EVENTS_WITH_BRANDS = (
     _WITH_BRAND.where(Event.id.in_(bindparam("event_ids", expanding=True)))
     .order_by(Event.id)
     .with_for_update(of=Event)
-    .options(*_NOT_READ_BY_A_REVERSAL)
+    .options(*NOT_READ_BY_A_REVERSAL)
 )
 
 
@@ -299,6 +331,68 @@ def claim(
         attempts = row.reversal_attempts if is_reversal else row.attempts
         claimed[row.id] = Claimed(row.brand_id, is_reversal, attempts)
     return claimed
+
+
+class Taken(NamedTuple):
+    message_id: str  # the event's own, still to come
+    claimed: Claimed
+
+
+def _take_waiting_statement() -> Any:
+    """A brand's waiting reversals, oldest first, claimed for their own messages: rows
+    another transaction holds (being claimed, or requested) are skipped, not waited for."""
+    waiting = (
+        Event.status == EventStatus.PENDING.value,
+        Event.reversal_status == ReversalStatus.PENDING.value,
+        Event.brand_id == bindparam("take_brand"),
+    )
+    oldest = (
+        select(Event.id)
+        .where(*waiting, Event.id != bindparam("take_except"))
+        .order_by(Event.updated_at)
+        .limit(bindparam("take_limit"))
+        .with_for_update(skip_locked=True)
+    )
+    now = bindparam("take_now", type_=DateTime(timezone=True))
+    return (
+        update(Event)
+        .where(Event.id.in_(oldest.scalar_subquery()), *waiting)
+        .values(
+            status=EventStatus.PROCESSING.value,
+            processing_at=now,
+            updated_at=now,
+            reversal_status=ReversalStatus.PROCESSING.value,
+            reversal_attempts=Event.reversal_attempts + 1,
+        )
+        .returning(
+            Event.id,
+            Event.brand_id,
+            Event.queue_message_id,
+            Event.reversal_attempts,
+            Event.reversal_requested_at,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+_TAKE_WAITING = _take_waiting_statement()
+
+
+def take_waiting(
+    session: Session, event_id: uuid.UUID, brand_id: uuid.UUID, limit: int
+) -> dict[uuid.UUID, Taken]:
+    """Claim up to `limit` of the brand's reversals other than `event_id` that wait for
+    their messages, oldest first, in the caller's claim transaction.
+
+    Only the brand's own: a delivery does its tenant's work, under its log context."""
+    params = {"take_except": event_id, "take_brand": brand_id, "take_limit": limit}
+    rows = list(session.execute(_TAKE_WAITING, {**params, "take_now": utcnow()}))
+    # In the order they were requested: two of one customer are undone in that order.
+    rows.sort(key=lambda row: (row.reversal_requested_at, row.id))
+    return {
+        row.id: Taken(row.queue_message_id, Claimed(row.brand_id, True, row.reversal_attempts))
+        for row in rows
+    }
 
 
 def fail_event(

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     queue: str = "reversals"
     # Events of one bulk request per message (one claim, then one transaction for all).
     bulk_batch_size: int = Field(default=50, ge=1, le=1000)
+    # Other waiting reversals a single reversal's delivery takes along (0: none), done
+    # in the same transaction; their own messages then find them done (processing.py).
+    take_waiting: int = Field(default=49, ge=0, le=999)
     broker_visibility_timeout: int = Field(default=300, ge=5)
     sweep_interval: float = Field(default=30, gt=0)
     expiry_interval: float = Field(default=60, gt=0)

@@ -31,6 +31,7 @@ from worker.intake import (
 )
 from worker.ledger.views import event_view
 from worker.models import Brand, Event, IdempotencyKey
+from worker.processing import NOT_READ_BY_A_REVERSAL
 from worker.publish import publish_batch
 from worker.settings import get_settings
 
@@ -90,6 +91,8 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
                 .where(Event.brand_id == who.brand_id)
                 .order_by(Event.id)
                 .with_for_update()
+                # Deciding a request reads none of the event's JSON (a bulk has no dry run).
+                .options(*NOT_READ_BY_A_REVERSAL)
             )
         }
         brand = session.get_one(Brand, who.brand_id)

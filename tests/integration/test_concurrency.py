@@ -76,7 +76,9 @@ def test_concurrent_reversals_of_one_customer_do_not_deadlock() -> None:
     outcomes = _together(
         [functools.partial(handle_message, e, m) for e, m in zip(events, messages, strict=True)]
     )
-    assert outcomes == ["REVERSED"] * len(events)
+    # A delivery may take others along (TAKE_WAITING): theirs then change nothing.
+    assert "REVERSED" in outcomes and set(outcomes) <= {"REVERSED", "IGNORED"}, outcomes
+    assert all(world.get(e).status == "REVERSED" for e in events)
     assert world.balance(customer) == 2000
     assert all(_reversals(e) == 3 for e in events)
     world.check(customer)

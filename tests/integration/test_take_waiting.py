@@ -1,0 +1,123 @@
+"""A reversal's delivery takes its brand's other waiting reversals along (TAKE_WAITING):
+all done in one transaction, their own messages then change nothing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.integration.test_round_trips import statements
+from tests.support import World
+from worker.db import unit_of_work
+from worker.processing import claim, handle_message, take_waiting
+
+
+def _waiting(world: World, customers: int, per_customer: int = 1) -> list[uuid.UUID]:
+    """Reversals requested, not delivered: one purchase after another, per customer."""
+    events = []
+    for _ in range(customers):
+        customer = uuid.uuid4()
+        world.event(customer, accumulate=[300, 200])
+        for _ in range(per_customer):
+            events.append(world.event(customer, accumulate=[40, 10], redeem=[120], gift_cards=1))
+    for event_id in events:
+        assert world.request_reversal(event_id) == 202
+    return events
+
+
+def _customers(world: World, events: list[uuid.UUID]) -> set[uuid.UUID]:
+    return {world.get(e).customer_id for e in events}
+
+
+def test_a_delivery_takes_its_brands_waiting_reversals_in_one_transaction(
+    world: World, engine: Any, db_factory: Any
+) -> None:
+    events = _waiting(world, customers=3, per_customer=2)
+    other = World.create(db_factory)
+    foreign = _waiting(other, customers=1)[0]
+    messages = {e: world.message_id(e) for e in events}
+
+    with statements(engine) as seen:
+        assert handle_message(events[0], messages[events[0]], world.factory) == "REVERSED"
+    # The claim, the reversals taken along; then the same statements as a bulk
+    # batch's, whatever the number of events: none per event.
+    assert [" ".join(s.split()[:2]) for s in seen] == [
+        "UPDATE events",
+        "UPDATE events",
+        "SELECT events.id,",
+        "SELECT wallets.customer_id,",
+        "SELECT lines.id,",
+        "SELECT lines.id,",
+        "SELECT allocations.id,",
+        "SELECT gift_cards.id,",
+        "SELECT settlements.id,",
+        "INSERT INTO",
+        "UPDATE events",
+        "UPDATE gift_cards",
+        "UPDATE lines",
+        "UPDATE wallets",
+    ], seen
+    for event_id in events:
+        event = world.get(event_id)
+        assert (event.status, event.reversal_status) == ("REVERSED", "REVERSED")
+        assert event.reversal_attempts == 1
+        assert event.queue_message_id == messages[event_id]  # its own, still to come
+    # Their own messages find them done and change nothing.
+    for event_id in events[1:]:
+        assert handle_message(event_id, messages[event_id], world.factory) == "IGNORED"
+        assert world.get(event_id).reversal_attempts == 1
+    # Another brand's waiting reversal is its own deliveries' work.
+    assert world.get(foreign).status == "PENDING"
+    for customer in _customers(world, events):
+        world.check(customer)
+    assert other.deliver(foreign) == "REVERSED"
+    other.check()
+
+
+def test_a_refusal_among_reversals_taken_along_stays_its_own(world: World) -> None:
+    events = _waiting(world, customers=2)
+    # A customer who spent what a purchase earned: under `fail`, refused.
+    spender = uuid.uuid4()
+    earned = world.event(spender, accumulate=[100])
+    world.event(spender, redeem=[80])
+    assert world.request_reversal(earned, policy="fail") == 202
+
+    assert world.deliver(events[0]) == "REVERSED"
+    refused = world.get(earned)
+    assert (refused.status, refused.reversal_status) == ("FAILED", "FAILED")
+    assert "shortfall" in (refused.reversal_last_error or "")
+    assert not refused.reversal_dead_lettered
+    assert world.get(events[1]).status == "REVERSED"
+    for customer in {*_customers(world, events), spender}:
+        world.check(customer)
+
+
+def test_a_delivery_told_to_take_none_takes_none(world: World) -> None:
+    events = _waiting(world, customers=2)
+    message = world.message_id(events[0])
+    assert handle_message(events[0], message, world.factory, take=0) == "REVERSED"
+    assert world.get(events[1]).status == "PENDING"
+    assert world.deliver(events[1]) == "REVERSED"
+    for customer in _customers(world, events):
+        world.check(customer)
+
+
+def test_reversals_taken_by_a_delivery_that_died_are_done_by_their_own_messages(
+    world: World,
+) -> None:
+    events = _waiting(world, customers=3)
+    first = world.message_id(events[0])
+    # The claim (with the reversals taken) committed, then the worker died.
+    with unit_of_work(world.factory) as session:
+        claimed = claim(session, [events[0]], first)[events[0]]
+        taken = take_waiting(session, events[0], claimed.brand_id, 10)
+    assert set(taken) == set(events[1:])
+    for event_id in events:
+        assert world.get(event_id).status == "PROCESSING"
+    # Each message still owns its event: redelivered, it claims it again (a second
+    # attempt) and reverses it once.
+    for event_id in events:
+        assert world.deliver(event_id) == "REVERSED"
+        assert world.get(event_id).reversal_attempts == 2
+    for customer in _customers(world, events):
+        world.check(customer)
