@@ -66,9 +66,7 @@ def handle_message(
     with unit_of_work(factory) as session:
         claimed = claim(session, [event_id], message_id).get(event_id)
         if claimed is None:
-            current = session.execute(
-                select(Event.brand_id, Event.status).where(Event.id == event_id)
-            ).one_or_none()
+            current = session.connection().execute(_STATUS, {"event_id": event_id}).one_or_none()
             if current is None:
                 raise LedgerError(f"event {event_id} does not exist")
             structlog.contextvars.bind_contextvars(brand_id=str(current.brand_id))
@@ -286,6 +284,7 @@ def _claim_statement() -> Any:
 
 
 _CLAIM = _claim_statement()
+_STATUS = select(Event.brand_id, Event.status).where(Event.id == bindparam("event_id"))
 # The event, locked, and its brand (the worker keeps it in the session for the
 # ledger's reads of its settings; the intake reads the reversal window from it).
 _WITH_BRAND = select(Event, Brand).join(Brand, Brand.id == Event.brand_id)
@@ -321,10 +320,9 @@ def claim(
 
     Events that are missing, done, or owned by another message are left out.
     """
-    rows = session.execute(
-        _CLAIM,
-        {"claim_ids": list(event_ids), "claim_message_id": message_id, "claim_now": utcnow()},
-    ).all()
+    # On the connection: Core's path, not the ORM's (a bulk UPDATE of no objects).
+    params = {"claim_ids": list(event_ids), "claim_message_id": message_id, "claim_now": utcnow()}
+    rows = session.connection().execute(_CLAIM, params).all()
     claimed = {}
     for row in rows:
         is_reversal = row.reversal_status == ReversalStatus.PROCESSING
@@ -386,7 +384,7 @@ def take_waiting(
 
     Only the brand's own: a delivery does its tenant's work, under its log context."""
     params = {"take_except": event_id, "take_brand": brand_id, "take_limit": limit}
-    rows = list(session.execute(_TAKE_WAITING, {**params, "take_now": utcnow()}))
+    rows = list(session.connection().execute(_TAKE_WAITING, {**params, "take_now": utcnow()}))
     # In the order they were requested: two of one customer are undone in that order.
     rows.sort(key=lambda row: (row.reversal_requested_at, row.id))
     return {
