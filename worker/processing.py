@@ -344,17 +344,22 @@ def _take_waiting_statement() -> Any:
         Event.reversal_status == ReversalStatus.PENDING.value,
         Event.brand_id == bindparam("take_brand"),
     )
+    # MATERIALIZED: run once. As a plain IN (subquery), PostgreSQL may scan it again
+    # for each row it updates, and with SKIP LOCKED each scan finds other rows: the
+    # LIMIT no longer bounds what is taken (it took thousands).
     oldest = (
         select(Event.id)
         .where(*waiting, Event.id != bindparam("take_except"))
         .order_by(Event.updated_at)
         .limit(bindparam("take_limit"))
         .with_for_update(skip_locked=True)
+        .cte("oldest")
+        .prefix_with("MATERIALIZED")
     )
     now = bindparam("take_now", type_=DateTime(timezone=True))
     return (
         update(Event)
-        .where(Event.id.in_(oldest.scalar_subquery()), *waiting)
+        .where(Event.id.in_(select(oldest.c.id)), *waiting)
         .values(
             status=EventStatus.PROCESSING.value,
             processing_at=now,

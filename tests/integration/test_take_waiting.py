@@ -43,7 +43,7 @@ def test_a_delivery_takes_its_brands_waiting_reversals_in_one_transaction(
     # batch's, whatever the number of events: none per event.
     assert [" ".join(s.split()[:2]) for s in seen] == [
         "UPDATE events",
-        "UPDATE events",
+        "WITH oldest",
         "SELECT events.id,",
         "SELECT wallets.customer_id,",
         "SELECT lines.id,",
@@ -119,5 +119,19 @@ def test_reversals_taken_by_a_delivery_that_died_are_done_by_their_own_messages(
     for event_id in events:
         assert world.deliver(event_id) == "REVERSED"
         assert world.get(event_id).reversal_attempts == 2
+    for customer in _customers(world, events):
+        world.check(customer)
+
+
+def test_a_delivery_takes_no_more_than_its_limit_oldest_first(world: World) -> None:
+    events = _waiting(world, customers=6)
+    first = world.message_id(events[0])
+    with unit_of_work(world.factory) as session:
+        claimed = claim(session, [events[0]], first)[events[0]]
+        taken = take_waiting(session, events[0], claimed.brand_id, 2)
+    assert list(taken) == events[1:3]
+    assert [world.get(e).status for e in events[3:]] == ["PENDING"] * 3
+    for event_id in events:
+        assert world.deliver(event_id) in ("REVERSED", "IGNORED")
     for customer in _customers(world, events):
         world.check(customer)
