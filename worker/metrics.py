@@ -296,7 +296,8 @@ def _task_finished(
         metrics.duration.labels(name).observe(time.perf_counter() - started)
     if state != "SUCCESS":
         return
-    if name == BATCH_TASK and isinstance(retval, dict):
+    # A batch, or a single reversal that took waiting ones along: outcomes counted.
+    if name in (BATCH_TASK, REVERSE_TASK) and isinstance(retval, dict):
         for outcome, count in retval.items():
             metrics.reversals.labels(outcome if outcome in OUTCOMES else "OTHER").inc(count)
     elif name in (REVERSE_TASK, PROCESS_TASK) and isinstance(retval, str):

@@ -53,12 +53,21 @@ class Claimed(NamedTuple):
 def handle_message(
     event_id: uuid.UUID, message_id: str, factory: SessionFactory = None, take: int | None = None
 ) -> str:
-    """Process or reverse the event this message names. Returns the outcome.
+    """Process or reverse the event this message names. Returns its outcome."""
+    return deliver(event_id, message_id, factory, take)[event_id]
+
+
+def deliver(
+    event_id: uuid.UUID, message_id: str, factory: SessionFactory = None, take: int | None = None
+) -> dict[uuid.UUID, str]:
+    """Process or reverse the event this message names. Returns the outcome of every
+    event the delivery decided, its own first.
 
     A reversal's delivery also takes up to `take` (TAKE_WAITING) other reversals
     that wait for their own messages (a backlog), and does them all in one
     transaction, as a bulk batch is done; their messages then find them done and
     change nothing (IGNORED).
+
     Transient database errors propagate (the task retries them); a LedgerError
     ends the event FAILED at once.
     """
@@ -71,18 +80,20 @@ def handle_message(
                 raise LedgerError(f"event {event_id} does not exist")
             structlog.contextvars.bind_contextvars(brand_id=str(current.brand_id))
             bound.info("message_ignored", status=current.status)
-            return "IGNORED"
+            return {event_id: "IGNORED"}
         limit = get_settings().take_waiting if take is None else take
         taken = {}
         if claimed.reversal and limit:
             taken = take_waiting(session, event_id, claimed.brand_id, limit)
     structlog.contextvars.bind_contextvars(brand_id=str(claimed.brand_id))
     if not taken:
-        return apply(event_id, message_id, claimed, factory, [str(event_id), message_id])
+        return {
+            event_id: apply(event_id, message_id, claimed, factory, [str(event_id), message_id])
+        }
     owners = {event_id: message_id, **{e: t.message_id for e, t in taken.items()}}
     claims = {event_id: claimed, **{e: t.claimed for e, t in taken.items()}}
     log.info("took_waiting", queue_message_id=message_id, taken=len(taken))
-    return reverse_all(owners, claims, factory)[event_id]
+    return reverse_all(owners, claims, factory)
 
 
 def handle_batch(
@@ -388,10 +399,11 @@ def take_waiting(
     their messages, oldest first, in the caller's claim transaction.
 
     Only the brand's own: a delivery does its tenant's work, under its log context."""
+    now = utcnow()
     params = {"take_except": event_id, "take_brand": brand_id, "take_limit": limit}
-    rows = list(session.connection().execute(_TAKE_WAITING, {**params, "take_now": utcnow()}))
+    rows = list(session.connection().execute(_TAKE_WAITING, {**params, "take_now": now}))
     # In the order they were requested: two of one customer are undone in that order.
-    rows.sort(key=lambda row: (row.reversal_requested_at, row.id))
+    rows.sort(key=lambda row: (row.reversal_requested_at or now, row.id))
     return {
         row.id: Taken(row.queue_message_id, Claimed(row.brand_id, True, row.reversal_attempts))
         for row in rows

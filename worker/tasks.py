@@ -12,6 +12,7 @@ import json
 import random
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -29,9 +30,9 @@ from worker.models import Event
 from worker.processing import (
     BATCH_TASK,
     IN_FLIGHT,
+    deliver,
     fail_event,
     handle_batch,
-    handle_message,
 )
 from worker.settings import get_settings
 from worker.sweeper import sweep
@@ -99,10 +100,13 @@ def _shown(value: Any) -> str:
 
 def run(
     task: Any, /, event_id: Any = None, message_id: Any = None, *extra: Any, **unknown: Any
-) -> str:
+) -> str | dict[str, int]:
     """One delivery. Every argument is optional so that a truncated, padded or
     wrong-typed body reaches this check and becomes a dead letter, instead of a
-    TypeError in Celery's call that leaves only a log line."""
+    TypeError in Celery's call that leaves only a log line.
+
+    Returns the event's outcome; when the delivery took other waiting reversals
+    along, every outcome counted, as a batch's are (what the metrics count)."""
     problem = undecodable(event_id, message_id, extra, unknown)
     if problem is not None:
         return _refuse(task, message_id, problem)
@@ -110,10 +114,16 @@ def run(
     return _deliver(
         task,
         message_id,
-        lambda: handle_message(parsed, message_id),
+        lambda: _outcomes(deliver(parsed, message_id)),
         stranded=lambda: [parsed],
         event_id=event_id,
     )
+
+
+def _outcomes(decided: dict[uuid.UUID, str]) -> str | dict[str, int]:
+    if len(decided) == 1:
+        return next(iter(decided.values()))
+    return dict(Counter(decided.values()))
 
 
 def _refuse(task: Any, message_id: Any, problem: str) -> str:
@@ -177,12 +187,12 @@ def _dead_letter(task: Any, event_id: uuid.UUID | None, message_id: str, error: 
 
 
 @app.task(bind=True, name="reversals.process_event", acks_late=True)
-def process_event(self: Any, *args: Any, **kwargs: Any) -> str:
+def process_event(self: Any, *args: Any, **kwargs: Any) -> str | dict[str, int]:
     return run(self, *args, **kwargs)
 
 
 @app.task(bind=True, name="reversals.reverse_event", acks_late=True)
-def reverse_event(self: Any, *args: Any, **kwargs: Any) -> str:
+def reverse_event(self: Any, *args: Any, **kwargs: Any) -> str | dict[str, int]:
     return run(self, *args, **kwargs)
 
 
