@@ -82,6 +82,27 @@ def test_a_reversal_request_is_one_read_and_one_write(world: World, engine: Any)
     world.check(customer)
 
 
+# Reversals done together (a bulk batch, or a delivery's with those it took along),
+# once for all of them, none per event: the events with their brands, every
+# customer's wallets, their lines in debt, the events' lines, the allocations, the
+# gift cards, the settlements; and at the commit the transactions in one
+# executemany (worker.ledger.journal), then one batch per table updated.
+BATCH_WORK = (
+    "SELECT events.id,",
+    "SELECT wallets.customer_id,",
+    "SELECT lines.id,",
+    "SELECT lines.id,",
+    "SELECT allocations.id,",
+    "SELECT gift_cards.id,",
+    "SELECT settlements.id,",
+    "INSERT INTO",
+    "UPDATE events",
+    "UPDATE gift_cards",
+    "UPDATE lines",
+    "UPDATE wallets",
+)
+
+
 def test_a_bulk_batch_reads_each_table_once_for_all_of_its_events(
     world: World, engine: Any
 ) -> None:
@@ -100,25 +121,7 @@ def test_a_bulk_batch_reads_each_table_once_for_all_of_its_events(
     with statements(engine) as seen:
         assert handle_batch(spent, batch, world.factory) == {"REVERSED": 6}
 
-    # The claim; then, once for the whole batch: the events with their brands, every
-    # customer's wallets, their lines in debt, the events' lines, the allocations,
-    # the gift cards, the settlements; and at the commit the transactions in one
-    # statement (worker.ledger.journal), then one batch per table updated.
-    # The same 13 statements as for one event: none per event.
-    assert [" ".join(s.split()[:2]) for s in seen] == [
-        "UPDATE events",
-        "SELECT events.id,",
-        "SELECT wallets.customer_id,",
-        "SELECT lines.id,",
-        "SELECT lines.id,",
-        "SELECT allocations.id,",
-        "SELECT gift_cards.id,",
-        "SELECT settlements.id,",
-        "INSERT INTO",
-        "UPDATE events",
-        "UPDATE gift_cards",
-        "UPDATE lines",
-        "UPDATE wallets",
-    ], seen
+    # The claim, then the batch's work: the same 13 statements as for one event.
+    assert [" ".join(s.split()[:2]) for s in seen] == ["UPDATE events", *BATCH_WORK], seen
     for customer in customers:
         world.check(customer)
