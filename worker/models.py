@@ -267,9 +267,10 @@ class Transaction(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=_now_default())
 
     __table_args__ = (Index("ix_transactions_customer_seq", "customer_id", "seq"),)
-    # seq and metadata are not read back after an insert: without RETURNING, a flush
-    # sends its transactions as one pipelined executemany of one short, prepared
-    # statement instead of one long multi-row INSERT parsed afresh every time.
+    # The ledger inserts its transactions as rows (worker.ledger.journal). One added
+    # as an object (a test, a script) does not read seq and metadata back: without
+    # RETURNING, a flush sends such rows as one pipelined executemany of one short,
+    # prepared statement instead of one long multi-row INSERT parsed every time.
     __mapper_args__ = {"eager_defaults": False}  # noqa: RUF012 - SQLAlchemy reads this class attribute
 
 
