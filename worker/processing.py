@@ -136,10 +136,11 @@ def reverse_all(
     if together is not None:
         return together
     outcomes = {}
+    batch_ids = [str(e) for e in batch] if batch is not None else None
     for event_id, message_id in owners.items():  # in order
         payload: list[Any] = [str(event_id), message_id]
-        if batch is not None:
-            payload = [message_id, [str(e) for e in batch]]
+        if batch_ids is not None:
+            payload = [message_id, batch_ids]
         with structlog.contextvars.bound_contextvars(
             event_id=str(event_id), brand_id=str(claimed[event_id].brand_id)
         ):

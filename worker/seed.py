@@ -229,8 +229,8 @@ def reverse_and_apply(brand: SeededBrand, event_id: uuid.UUID, reason: str) -> s
         answer = request_reversal(session, brand.id, event_id, reason)
         message_id = answer.event.queue_message_id
         _quiet(session)
-    # Alone: the brands are seeded side by side, and the report counts each event's
-    # own outcome, which taking another brand's waiting reversal would make IGNORED.
+    # Alone: the report counts each event's own outcome, and an event taken along by
+    # another delivery would come back IGNORED here.
     return handle_message(event_id, message_id, take=0)
 
 
