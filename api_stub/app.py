@@ -24,6 +24,7 @@ from api_stub.metrics import (
 )
 from api_stub.ratelimit import rate_limit
 from api_stub.routes import admin, auth, customers, events, health
+from worker import heap
 from worker.db import get_sessionmaker
 from worker.settings import Settings, get_settings
 
@@ -144,4 +145,6 @@ def app_factory() -> Any:
 
     settings = get_settings()
     configure(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    heap.freeze()  # the process's app is built: keep it out of every collection
+    return app

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker import logs, metrics  # noqa: F401 - connect their Celery signal handlers
+from worker import heap, logs, metrics  # noqa: F401 - connect their Celery signal handlers
 from worker.settings import Settings, get_settings
 
 
