@@ -54,19 +54,27 @@ def handle_message(
     event_id: uuid.UUID, message_id: str, factory: SessionFactory = None, take: int | None = None
 ) -> str:
     """Process or reverse the event this message names. Returns its outcome."""
-    return deliver(event_id, message_id, factory, take)[event_id]
+    return deliver(event_id, message_id, factory, take).outcomes[event_id]
+
+
+class Delivery(NamedTuple):
+    """What one message's delivery decided, once committed."""
+
+    outcomes: dict[uuid.UUID, str]  # of every event it decided, its own first
+    taken: tuple[str, ...] = ()  # the own message ids of the reversals it took along
 
 
 def deliver(
     event_id: uuid.UUID, message_id: str, factory: SessionFactory = None, take: int | None = None
-) -> dict[uuid.UUID, str]:
+) -> Delivery:
     """Process or reverse the event this message names. Returns the outcome of every
-    event the delivery decided, its own first.
+    event the delivery decided, its own first, and the messages of those it took.
 
     A reversal's delivery also takes up to `take` (TAKE_WAITING) other reversals
     that wait for their own messages (a backlog), and does them all in one
     transaction, as a bulk batch is done; their messages then find them done and
-    change nothing (IGNORED).
+    change nothing (IGNORED), unless the task has the workers drop them unopened
+    first (worker.tasks.revoke_taken).
 
     Transient database errors propagate (the task retries them); a LedgerError
     ends the event FAILED at once.
@@ -80,20 +88,20 @@ def deliver(
                 raise LedgerError(f"event {event_id} does not exist")
             structlog.contextvars.bind_contextvars(brand_id=str(current.brand_id))
             bound.info("message_ignored", status=current.status)
-            return {event_id: "IGNORED"}
+            return Delivery({event_id: "IGNORED"})
         limit = get_settings().take_waiting if take is None else take
         taken = {}
         if claimed.reversal and limit:
             taken = take_waiting(session, event_id, claimed.brand_id, limit)
     structlog.contextvars.bind_contextvars(brand_id=str(claimed.brand_id))
     if not taken:
-        return {
-            event_id: apply(event_id, message_id, claimed, factory, [str(event_id), message_id])
-        }
+        payload = [str(event_id), message_id]
+        return Delivery({event_id: apply(event_id, message_id, claimed, factory, payload)})
     owners = {event_id: message_id, **{e: t.message_id for e, t in taken.items()}}
     claims = {event_id: claimed, **{e: t.claimed for e, t in taken.items()}}
     log.info("took_waiting", queue_message_id=message_id, taken=len(taken))
-    return reverse_all(owners, claims, factory)
+    outcomes = reverse_all(owners, claims, factory)
+    return Delivery(outcomes, tuple(t.message_id for t in taken.values()))
 
 
 def handle_batch(

@@ -13,7 +13,7 @@ import random
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -111,13 +111,31 @@ def run(
     if problem is not None:
         return _refuse(task, message_id, problem)
     parsed = uuid.UUID(event_id)
-    return _deliver(
-        task,
-        message_id,
-        lambda: _outcomes(deliver(parsed, message_id)),
-        stranded=lambda: [parsed],
-        event_id=event_id,
-    )
+
+    def work() -> str | dict[str, int]:
+        delivery = deliver(parsed, message_id)
+        revoke_taken(delivery.taken)
+        return _outcomes(delivery.outcomes)
+
+    return _deliver(task, message_id, work, stranded=lambda: [parsed], event_id=event_id)
+
+
+def revoke_taken(message_ids: Sequence[str]) -> None:
+    """Have the workers drop, unopened, the messages of reversals a delivery took
+    along and committed (Celery's revoke, by task id).
+
+    Each would otherwise cost a whole delivery only to find its event done: a pool
+    process, a claim and a read. Dropping it is a shortcut and nothing more: a
+    worker the broadcast misses (one started later, or a broadcast lost) delivers
+    the message, which finds its event done and changes nothing (IGNORED). No
+    revoked message has work left: its event is done, or owned by a newer message.
+    """
+    if not message_ids:
+        return
+    try:
+        app.control.revoke(list(message_ids))
+    except Exception:
+        log.warning("revoke_failed", messages=len(message_ids), exc_info=True)
 
 
 def _outcomes(decided: dict[uuid.UUID, str]) -> str | dict[str, int]:

@@ -239,3 +239,41 @@ def test_a_lost_publish_is_finished_by_the_sweeper(service: dict[str, Any]) -> N
     with unit_of_work() as session:
         assert session.get_one(Event, event_id).attempts == 1
         assert_invariants(session, customer)
+
+
+def test_the_messages_of_a_backlog_taken_along_are_revoked(service: dict[str, Any]) -> None:
+    """Reversals accepted together wait as a backlog: the delivery that takes them along
+    has the worker drop their own messages unopened (worker.tasks.revoke_taken)."""
+    from worker.celery_app import app
+    from worker.intake import request_reversal
+
+    http, reward, campaign = service["http"], service["reward"], service["campaign"]
+    customer = str(uuid.uuid4())
+    events = []
+    for amount in range(10, 30):
+        answer = http.post(
+            f"{BASE}/behavior/events",
+            json={
+                "customer_id": customer,
+                "accumulate": [{"reward_id": reward, "campaign_id": campaign, "amount": amount}],
+            },
+        )
+        assert answer.status_code == 202
+        events.append(answer.json()["data"]["id"])
+    for event_id in events:
+        _wait_status(http, event_id, "RESOLVED")
+    # Accepted in one transaction: every message is published at its commit.
+    with unit_of_work() as session:
+        messages = [
+            request_reversal(
+                session, uuid.UUID(service["brand"]), uuid.UUID(e), "refund"
+            ).event.queue_message_id
+            for e in events
+        ]
+    for event_id in events:
+        _wait_status(http, event_id, "REVERSED")
+    revoked = app.control.inspect(timeout=5).revoked() or {}  # by worker
+    assert set(messages) & set().union(*revoked.values()), revoked
+    assert _balance(http, customer) == 0
+    with unit_of_work() as session:
+        assert_invariants(session, uuid.UUID(customer))

@@ -9,7 +9,7 @@ from typing import Any
 from tests.integration.test_round_trips import BATCH_WORK, statements
 from tests.support import World
 from worker.db import unit_of_work
-from worker.processing import claim, handle_message, take_waiting
+from worker.processing import claim, deliver, handle_message, take_waiting
 
 
 def _waiting(world: World, customers: int, per_customer: int = 1) -> list[uuid.UUID]:
@@ -38,10 +38,14 @@ def test_a_delivery_takes_its_brands_waiting_reversals_in_one_transaction(
     messages = {e: world.message_id(e) for e in events}
 
     with statements(engine) as seen:
-        assert handle_message(events[0], messages[events[0]], world.factory) == "REVERSED"
+        delivery = deliver(events[0], messages[events[0]], world.factory)
     # The claim, the reversals taken along; then the work, as a bulk batch's.
     verbs = [" ".join(s.split()[:2]) for s in seen]
     assert verbs == ["UPDATE events", "WITH oldest", *BATCH_WORK], seen
+    assert delivery.outcomes == dict.fromkeys(events, "REVERSED")
+    # The messages the task has the workers drop (worker.tasks.revoke_taken): the
+    # taken reversals' own, in the order they were requested; not the delivery's own.
+    assert delivery.taken == tuple(messages[e] for e in events[1:])
     for event_id in events:
         event = world.get(event_id)
         assert (event.status, event.reversal_status) == ("REVERSED", "REVERSED")
