@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 # Refusals are the ledger's answer to the request, not faults: FAILED, no dead letter.
 REFUSALS = (InsufficientBalance, ShortfallRefused)
 IN_FLIGHT = (EventStatus.PENDING.value, EventStatus.PROCESSING.value)
+DONE = tuple(status.value for status in EventStatus if status.value not in IN_FLIGHT)
 SessionFactory = Callable[[], Session] | None
 BATCH_TASK = "reversals.reverse_events"  # a bulk request's events under one message
 
@@ -273,7 +274,13 @@ def _claim_statement() -> Any:
     mine = (
         Event.id.in_(bindparam("claim_ids", expanding=True)),
         Event.queue_message_id == bindparam("claim_message_id"),
-        Event.status.in_(IN_FLIGHT),
+        # In flight, said as "not done": `status IN ('PENDING', 'PROCESSING')` is
+        # ix_events_in_flight's predicate, and with it PostgreSQL may scan that whole
+        # index (every event in flight: a backlog of thousands, for each claim)
+        # instead of finding the ids by primary key. It did so while its statistics
+        # were older than the backlog: 59 µs of PostgreSQL per event claimed in a
+        # bulk batch of 100, against 29 by primary key.
+        Event.status.not_in(DONE),
     )
     # Rows locked in id order (the lock order for several events), then updated.
     locked = select(Event.id).where(*mine).order_by(Event.id).with_for_update()
@@ -377,9 +384,12 @@ def _take_waiting_statement() -> Any:
         .prefix_with("MATERIALIZED")
     )
     now = bindparam("take_now", type_=DateTime(timezone=True))
+    # The rows the CTE locked are waiting (checked once locked), so the UPDATE finds
+    # them by id alone. With `waiting` here again, PostgreSQL may scan every event in
+    # flight (ix_events_in_flight's predicate) for each take, as for the claim.
     return (
         update(Event)
-        .where(Event.id.in_(select(oldest.c.id)), *waiting)
+        .where(Event.id == oldest.c.id)
         .values(
             status=EventStatus.PROCESSING.value,
             processing_at=now,

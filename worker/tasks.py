@@ -29,7 +29,7 @@ from worker.maintenance import expire_lines, expire_reservations
 from worker.models import Event
 from worker.processing import (
     BATCH_TASK,
-    IN_FLIGHT,
+    DONE,
     deliver,
     fail_event,
     handle_batch,
@@ -263,7 +263,7 @@ def in_flight(event_ids: list[uuid.UUID], message_id: str) -> list[uuid.UUID]:
                 .where(
                     Event.id.in_(event_ids),
                     Event.queue_message_id == message_id,
-                    Event.status.in_(IN_FLIGHT),
+                    Event.status.not_in(DONE),  # by id, not ix_events_in_flight (claim)
                 )
                 .order_by(Event.id)
             )

@@ -4,12 +4,22 @@ all done in one transaction, their own messages then change nothing."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import event, text
 
 from tests.integration.test_round_trips import BATCH_WORK, statements
 from tests.support import World
 from worker.db import unit_of_work
-from worker.processing import claim, deliver, handle_message, take_waiting
+from worker.processing import (
+    _CLAIM,
+    _TAKE_WAITING,
+    claim,
+    deliver,
+    handle_message,
+    take_waiting,
+)
 
 
 def _waiting(world: World, customers: int, per_customer: int = 1) -> list[uuid.UUID]:
@@ -124,3 +134,60 @@ def test_a_delivery_takes_no_more_than_its_limit_oldest_first(world: World) -> N
         assert world.deliver(event_id) in ("REVERSED", "IGNORED")
     for customer in _customers(world, events):
         world.check(customer)
+
+
+def _plan(world: World, statement: Any, params: dict[str, Any]) -> str:
+    """PostgreSQL's plan for the statement, index scans only: between two indexes, it
+    shows which one the planner trusts."""
+    plan: list[str] = []
+
+    def explain(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_: Any) -> Any:
+        return ("EXPLAIN " if sql.startswith(("UPDATE", "WITH")) else "") + sql, parameters
+
+    with unit_of_work(world.factory) as session:
+        connection = session.connection()
+        connection.execute(text("SET LOCAL enable_seqscan = off"))
+        event.listen(connection, "before_cursor_execute", explain, retval=True)
+        try:
+            plan = [row[0] for row in connection.execute(statement, params)]
+        finally:
+            event.remove(connection, "before_cursor_execute", explain)
+    return "\n".join(plan)
+
+
+def _backlog_after_statistics(world: World) -> list[uuid.UUID]:
+    """Statistics taken while none of the brand's events was in flight, then a backlog."""
+    events = [world.event(uuid.uuid4(), accumulate=[10]) for _ in range(3)]
+    with unit_of_work(world.factory) as session:
+        session.execute(text("ANALYZE events"))
+    for event_id in events:
+        assert world.request_reversal(event_id) == 202
+    return events
+
+
+def test_a_claim_finds_its_events_by_primary_key_whatever_the_statistics(
+    world: World,
+) -> None:
+    """Not a scan of every event in flight (ix_events_in_flight) for each claim."""
+    events = _backlog_after_statistics(world)
+    params = {
+        "claim_ids": events,
+        "claim_message_id": world.message_id(events[0]),
+        "claim_now": datetime.now(UTC),
+    }
+    plan = _plan(world, _CLAIM, params)
+    assert "events_pkey" in plan and "ix_events_in_flight" not in plan, plan
+
+
+def test_a_take_updates_what_it_locked_by_primary_key(world: World) -> None:
+    """The oldest waiting are found in ix_events_in_flight, once; then updated by id."""
+    events = _backlog_after_statistics(world)
+    params = {
+        "take_except": events[0],
+        "take_brand": world.brand_id,
+        "take_limit": 49,
+        "take_now": datetime.now(UTC),
+    }
+    plan = _plan(world, _TAKE_WAITING, params)
+    assert plan.count("ix_events_in_flight") == 1, plan
+    assert "events_pkey" in plan and "Index Cond: (id = oldest.id)" in plan, plan
