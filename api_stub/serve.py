@@ -1,11 +1,12 @@
 """`reversals api --workers N` (N > 1): uvicorn's supervisor and N worker processes.
 
 Run as `python -m api_stub.serve --host H --port P --workers N` (worker.cli builds the
-command). Unlike `python -m uvicorn`, it configures the service's logging before
-uvicorn starts, so the supervisor's own lines (started, worker restarted, stopping)
-are JSON like every other line (worker.logs); each worker configures it again when
-it builds the app (api_stub.app.app_factory). It also makes the directory the
-workers count their Prometheus metrics in (api_stub.multiprocess), before any of
+command; `--factory` names the service's app unless the bench serves its intake
+floor, bench.floor). Unlike `python -m uvicorn`, it configures the service's logging
+before uvicorn starts, so the supervisor's own lines (started, worker restarted,
+stopping) are JSON like every other line (worker.logs); each worker configures it
+again when it builds the app (api_stub.app.app_factory). It also makes the directory
+the workers count their Prometheus metrics in (api_stub.multiprocess), before any of
 them imports prometheus_client.
 """
 
@@ -25,13 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--factory", default="api_stub.app:app_factory")
     args = parser.parse_args(argv)
     settings = get_settings()
     configure(settings.log_level)
     if args.workers > 1:
         prepare_multiprocess(settings.state_dir)
     uvicorn.run(
-        "api_stub.app:app_factory",
+        args.factory,
         factory=True,
         host=args.host,
         port=args.port,

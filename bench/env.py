@@ -272,11 +272,18 @@ class Bench:
         cmd = [*_worker_cmd(concurrency, self.queue, "prefork", "info"), "-I", include]
         return self._spawn("anchor-worker", cmd)
 
-    def start_api(self) -> tuple[subprocess.Popen[bytes], str]:
+    def start_api(self, factory: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+        """`reversals api`; with `factory`, the same command serving another app (bench.floor)."""
         import httpx
 
         port = free_port()
-        proc = self._spawn("api", self.reversals("api", "--host", "127.0.0.1", "--port", str(port)))
+        if factory is None:
+            cmd = self.reversals("api", "--host", "127.0.0.1", "--port", str(port))
+        else:
+            from worker.cli import _api_cmd
+
+            cmd = _api_cmd("127.0.0.1", port, os.cpu_count() or 1, factory)
+        proc = self._spawn("api", cmd)
         base = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:

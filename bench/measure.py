@@ -319,7 +319,13 @@ def _client(base: str, token: str, *, limit: int, timeout: float) -> aiohttp.Cli
 
 
 async def _intake(
-    base: str, token: str, ids: Sequence[uuid.UUID], concurrency: int, seconds: float
+    base: str,
+    token: str,
+    ids: Sequence[uuid.UUID],
+    concurrency: int,
+    seconds: float,
+    *,
+    path: Callable[[uuid.UUID], str],
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -340,7 +346,7 @@ async def _intake(
                     return
                 t = time.perf_counter()
                 try:
-                    async with http.post(_reverse_path(event_id), data=REVERSE_BODY) as answer:
+                    async with http.post(path(event_id), data=REVERSE_BODY) as answer:
                         await answer.read()
                         status = str(answer.status)
                 except (aiohttp.ClientError, TimeoutError) as exc:
@@ -364,10 +370,19 @@ async def _intake(
 
 
 def intake(
-    base: str, token: str, ids: Sequence[uuid.UUID], concurrency: int, seconds: float
+    base: str,
+    token: str,
+    ids: Sequence[uuid.UUID],
+    concurrency: int,
+    seconds: float,
+    *,
+    path: Callable[[uuid.UUID], str] = _reverse_path,
 ) -> dict[str, Any]:
-    """Single reversal requests over HTTP at a fixed concurrency, for a fixed time."""
-    return asyncio.run(_intake(base, token, ids, concurrency, seconds))
+    """Single reversal requests over HTTP at a fixed concurrency, for a fixed time.
+
+    `path` is the reversal's own by default; the intake floor (bench.floor) has its own.
+    """
+    return asyncio.run(_intake(base, token, ids, concurrency, seconds, path=path))
 
 
 def _ms(seconds: float | None) -> float | None:

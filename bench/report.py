@@ -53,6 +53,8 @@ REQUIRED = (
     "drain_vs_anchor_tx",
     "bulk_vs_anchor_tx",
     "intake_vs_anchor_publish",
+    "intake_floor_per_s",
+    "intake_floor_p99_ms",
     "line_growth_ratio",
     "ledger_growth_ratio",
     "worker_rss_mb",
@@ -75,9 +77,11 @@ def problems(results: dict[str, Any]) -> list[str]:
     e2e = results["e2e"]
     if e2e["reversed"] != e2e["requests"]:
         found.append(f"end to end: {e2e['requests']} sent, {e2e['reversed']} reversed")
-    bad = {k: v for k, v in results["intake"]["statuses"].items() if k not in ("202", "429")}
-    if bad:
-        found.append(f"intake: unexpected statuses {bad}")
+    for phase in ("intake", "intake_floor"):
+        statuses = results[phase]["statuses"]
+        bad = {k: v for k, v in statuses.items() if k not in ("202", "429")}
+        if bad:
+            found.append(f"{phase.replace('_', ' ')}: unexpected statuses {bad}")
     return found
 
 
@@ -128,6 +132,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         (
             "intake p50 / p99",
             f"{_fmt(r['intake_p50_ms'], ' ms')} / {_fmt(r['intake_p99_ms'], ' ms')}",
+        ),
+        (
+            "intake floor: the same api and load, a route that only publishes",
+            f"{_fmt(r['intake_floor_per_s'], ' /s')}, p99 {_fmt(r['intake_floor_p99_ms'], ' ms')}"
+            f" ({_fmt(r['intake_floor_vs_anchor_publish'], 'x', 2)} of (c);"
+            f" intake is {_fmt(r['intake_vs_floor'], 'x', 2)} of it)",
         ),
         (
             f"end to end at {scale['e2e_rate']:g} req/s: p50 / p99",

@@ -3,8 +3,9 @@
 Order of the run (each phase alone on the machine, as far as the bench goes):
 set-up (databases, data set, api) → anchors (a), (b) and (c) on one worker →
 pgbench (d) → drain → bulk drain (same worker: memory after N and 2N) → end to
-end (same worker) → intake (worker stopped) → growth per line and per ledger
-size (the worker's own function, timed in this process) → report.
+end (same worker) → intake (worker stopped) → intake floor (bench.floor, the same
+api with a route that only publishes) → growth per line and per ledger size (the
+worker's own function, timed in this process) → report.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import platform
 import random
 import signal
 import time
+import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,6 +196,7 @@ def _measure(
     say(f"  {taken['per_s']:,.0f}/s, p50 {taken['p50_ms']} ms, p99 {taken['p99_ms']} ms")
     bench.stop(api)
     bench.purge_queue()
+    phases["intake_floor"] = _intake_floor(bench, scale, world, cores, say)
 
     say(f"growth: time per line for events of {', '.join(map(str, scale.line_sizes))} lines")
     phases["line_growth"] = measure.line_growth(world, scale.line_sizes, scale.line_repeats)
@@ -307,6 +310,31 @@ def _worker_phases(
     return phases
 
 
+def _intake_floor(bench: Bench, scale: Scale, world: Any, cores: int, say: Progress) -> Any:
+    """The same api, load and token on bench.floor's route: no database, one publish."""
+    import httpx
+
+    from bench import floor, measure
+
+    say(f"intake floor: the same api and load, a route that only publishes ({floor.PATH})")
+    api, base = bench.start_api(factory="bench.floor:app_factory")
+    try:
+        token = httpx.get(
+            f"{base}/api/storefront/v1/auth/authorize", headers={"x-api-key": world.api_key}
+        ).json()["data"]["access_token"]
+        # Any event id will do: the route reads none. More than the phase can use.
+        ids = [uuid.uuid4() for _ in range(int(scale.intake_seconds * 10_000))]
+        found = measure.intake(
+            base, token, ids, scale.intake_concurrency, scale.intake_seconds, path=floor.path
+        )
+    finally:
+        bench.stop(api)
+        bench.purge_queue()
+    found["api_workers"] = cores
+    say(f"  {found['per_s']:,.0f}/s, p50 {found['p50_ms']} ms, p99 {found['p99_ms']} ms")
+    return found
+
+
 def _summary(
     scale: Scale,
     *,
@@ -321,6 +349,7 @@ def _summary(
     from bench.report import judge, ratio
 
     drained, bulk, taken, e2e = phases["drain"], phases["bulk"], phases["intake"], phases["e2e"]
+    floor = phases["intake_floor"]
     per_line = phases["line_growth"]["per_line_ms"]
     largest = per_line[str(max(scale.line_sizes))]
     by_lines = list(phases["ledger_growth"]["by_lines"].values())
@@ -342,6 +371,10 @@ def _summary(
         "drain_vs_anchor_tx": ratio(drained["per_s"], tx),
         "bulk_vs_anchor_tx": ratio(bulk["per_s"], tx),
         "intake_vs_anchor_publish": ratio(taken["per_s"], anchors["publish_per_s"]),
+        "intake_floor_per_s": _round(floor["per_s"]),
+        "intake_floor_p99_ms": floor["p99_ms"],
+        "intake_floor_vs_anchor_publish": ratio(floor["per_s"], anchors["publish_per_s"]),
+        "intake_vs_floor": ratio(taken["per_s"], floor["per_s"]),
         "drain_vs_anchor_noop": ratio(drained["per_s"], anchors["noop_per_s"]),
         "drain_vs_pgbench": ratio(drained["per_s"], pg),
         "line_growth_ratio": ratio(largest, per_line.get("10")),

@@ -37,7 +37,13 @@ def _worker_cmd(concurrency: int | None, queues: str, pool: str, loglevel: str) 
     return cmd
 
 
-def _api_cmd(host: str, port: int, workers: int | None = None) -> list[str]:
+APP_FACTORY = "api_stub.app:app_factory"
+
+
+def _api_cmd(
+    host: str, port: int, workers: int | None = None, factory: str = APP_FACTORY
+) -> list[str]:
+    """`factory` is the service's app unless the bench serves its intake floor (bench.floor)."""
     if workers is not None and workers > 1:
         # uvicorn's supervisor and its workers, with the service's logging and the
         # workers' metrics summed (api_stub.serve).
@@ -51,12 +57,14 @@ def _api_cmd(host: str, port: int, workers: int | None = None) -> list[str]:
             str(port),
             "--workers",
             str(workers),
+            "--factory",
+            factory,
         ]
     return [
         sys.executable,
         "-m",
         "uvicorn",
-        "api_stub.app:app_factory",
+        factory,
         "--factory",
         "--host",
         host,

@@ -14,6 +14,7 @@ COMPLETE: dict[str, Any] = {
     "bulk": {"n": 5, "outcomes": {"REVERSED": 5}},
     "e2e": {"requests": 3, "reversed": 3},
     "intake": {"statuses": {"202": 40, "429": 2}},
+    "intake_floor": {"statuses": {"202": 90}},
 }
 
 
@@ -28,7 +29,9 @@ def test_a_missing_figure_or_an_unfinished_phase_is_a_problem() -> None:
     broken["bulk"]["outcomes"] = {"REVERSED": 4, "FAILED": 1}
     broken["e2e"]["reversed"] = 2
     broken["intake"]["statuses"]["500"] = 1
+    broken["intake_floor"]["statuses"]["401"] = 3
     found = problems(broken)
-    assert len(found) == 5, found
+    assert len(found) == 6, found
     assert any("intake_p99_ms" in p for p in found)
     assert any(p.startswith("bulk:") for p in found)
+    assert any(p.startswith("intake floor:") for p in found)
