@@ -62,7 +62,9 @@ tpcb = app.task(name=TPCB, acks_late=True, ignore_result=True)(_tpcb)
 
 
 def create_tpcb_tables() -> None:
+    """The TPC-B anchor's tables, empty: each round of the anchors starts from scratch."""
     with get_engine().begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_history, bench_accounts"))
         conn.execute(
             text("CREATE TABLE bench_accounts (aid integer PRIMARY KEY, abalance integer NOT NULL)")
         )

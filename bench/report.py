@@ -112,6 +112,15 @@ def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
     return f"{value:,}{unit}"
 
 
+def _anchor(results: dict[str, Any], key: str) -> str:
+    """An anchor's mean (what the ratios divide by), then its rounds before and after."""
+    rounds = results["anchors"]
+    return (
+        f"{_fmt(rounds[key], ' /s')} (before {_fmt(rounds['before'][key], '', 0)},"
+        f" after {_fmt(rounds['after'][key], '', 0)})"
+    )
+
+
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measure, value, target, result) for the table and the README."""
     r = results
@@ -143,9 +152,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"end to end at {scale['e2e_rate']:g} req/s: p50 / p99",
             f"{_fmt(r['e2e_p50_ms'], ' ms')} / {_fmt(r['e2e_p99_ms'], ' ms')}",
         ),
-        ("anchor (a): Celery no-op task", _fmt(r["anchor_noop_per_s"], " /s")),
-        ("anchor (b): Celery task, one TPC-B-like transaction", _fmt(r["anchor_tx_per_s"], " /s")),
-        ("anchor (c): apply_async from one process", _fmt(r["anchor_publish_per_s"], " /s")),
+        ("anchor (a): Celery no-op task", _anchor(r, "noop_per_s")),
+        ("anchor (b): Celery task, one TPC-B-like transaction", _anchor(r, "tx_per_s")),
+        ("anchor (c): apply_async from one process", _anchor(r, "publish_per_s")),
         ("anchor (d): pgbench TPC-B-like", _fmt(r["anchor_pgbench_tps"], " tps")),
         (
             "time per line, by event size",

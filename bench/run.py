@@ -4,8 +4,10 @@ Order of the run (each phase alone on the machine, as far as the bench goes):
 set-up (databases, data set, api) → anchors (a), (b) and (c) on one worker →
 pgbench (d) → drain → bulk drain (same worker: memory after N and 2N) → end to
 end (same worker) → intake (worker stopped) → intake floor (bench.floor, the same
-api with a route that only publishes) → growth per line and per ledger size (the
-worker's own function, timed in this process) → report.
+api with a route that only publishes) → anchors (a), (b) and (c) again → growth per
+line and per ledger size (the worker's own function, timed in this process) →
+report. The ratios divide by each anchor's mean of its two rounds, which bracket
+every measure of the service.
 """
 
 from __future__ import annotations
@@ -160,15 +162,10 @@ def _measure(
         f"{base}/api/storefront/v1/auth/authorize", headers={"x-api-key": world.api_key}
     ).json()["data"]["access_token"]
 
-    say(f"anchors (a) and (c): publish {scale.noop:,} no-op tasks; (b): {scale.tx:,} one-tx tasks")
-    anchors = _anchors(bench, scale, cores)
-    say(
-        f"  no-op {anchors['noop_per_s']:,.0f}/s, one-tx {anchors['tx_per_s']:,.0f}/s, "
-        f"publish {anchors['publish_per_s']:,.0f}/s"
-    )
+    before = _anchors(bench, scale, cores, say, "before")
     say(f"anchor (d): pgbench, {cores} clients, {scale.pgbench_seconds} s")
-    anchors["pgbench"] = pgbench(bench.url, cores, scale.pgbench_seconds, bench.embedded)
-    say(f"  {anchors['pgbench']['tps']} tps")
+    tps = pgbench(bench.url, cores, scale.pgbench_seconds, bench.embedded)
+    say(f"  {tps['tps']} tps")
 
     phases = _worker_phases(
         bench,
@@ -197,6 +194,7 @@ def _measure(
     bench.stop(api)
     bench.purge_queue()
     phases["intake_floor"] = _intake_floor(bench, scale, world, cores, say)
+    anchors = {**_bracket(before, _anchors(bench, scale, cores, say, "after")), "pgbench": tps}
 
     say(f"growth: time per line for events of {', '.join(map(str, scale.line_sizes))} lines")
     phases["line_growth"] = measure.line_growth(world, scale.line_sizes, scale.line_repeats)
@@ -415,18 +413,41 @@ def _memory(after_n: dict[str, Any], after_2n: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def _anchors(bench: Bench, scale: Scale, cores: int) -> dict[str, Any]:
+# The anchors a ratio divides by, measured before the service's phases and again after
+# them: on a shared machine either alone can catch a fast or a slow moment.
+BRACKETED = ("noop_per_s", "tx_per_s", "publish_per_s")
+
+
+def _bracket(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Each anchor's mean of its two rounds (what the ratios use), and both rounds."""
+    means: dict[str, Any] = {}
+    for key in BRACKETED:
+        pair = [r[key] for r in (before, after) if r[key] is not None]
+        means[key] = sum(pair) / len(pair) if pair else None
+        means[f"{key}_after_vs_before"] = (
+            round(after[key] / before[key], 3) if len(pair) == 2 and before[key] else None
+        )
+    return {**means, "before": before, "after": after}
+
+
+def _anchors(bench: Bench, scale: Scale, cores: int, say: Progress, label: str) -> dict[str, Any]:
     from bench import anchors, measure
 
+    say(
+        f"anchors, {label} the service: (a) and (c) publish {scale.noop:,} no-op tasks, "
+        f"(b) {scale.tx:,} one-tx tasks"
+    )
     anchors.create_tpcb_tables()
     rng = random.Random(5)  # noqa: S311 - account numbers, not security
-    anchors.publish(anchors.noop, 100, "bench-warm", lambda i: (i,))  # connections, not timed
-    publish_per_s = anchors.publish(anchors.noop, scale.noop, "bench-noop", lambda i: (i,))
+    # connections, not timed
+    anchors.publish(anchors.noop, 100, f"bench-warm-{label}", lambda i: (i,))
+    noop = f"bench-noop-{label}"
+    publish_per_s = anchors.publish(anchors.noop, scale.noop, noop, lambda i: (i,))
     tx_args = [
         (rng.randint(1, anchors.ACCOUNTS), rng.randint(-5000, 5000)) for _ in range(scale.tx)
     ]
-    anchors.publish(anchors.tpcb, scale.tx, "bench-tpcb", lambda i: tx_args[i])
-    listener = anchors.Completions("bench-noop")
+    anchors.publish(anchors.tpcb, scale.tx, f"bench-tpcb-{label}", lambda i: tx_args[i])
+    listener = anchors.Completions(noop)
     listener.start()
     worker = bench.start_worker(cores, include="bench.anchors")
     try:
@@ -445,7 +466,7 @@ def _anchors(bench: Bench, scale: Scale, cores: int) -> dict[str, Any]:
         bench.stop(worker)
     count, tx_first, tx_last = anchors.tpcb_completions()
     tx_per_s = (count - 1) / (tx_last - tx_first) if tx_first and tx_last and count > 1 else None
-    return {
+    found = {
         "noop_per_s": measure.rate_first_to_last(listener.times),
         "noop_events_seen": len(listener.times),
         "tx_per_s": tx_per_s,
@@ -454,6 +475,11 @@ def _anchors(bench: Bench, scale: Scale, cores: int) -> dict[str, Any]:
         "noop_n": scale.noop,
         "tx_n": scale.tx,
     }
+    say(
+        f"  no-op {found['noop_per_s'] or 0:,.0f}/s, one-tx {tx_per_s or 0:,.0f}/s, "
+        f"publish {publish_per_s:,.0f}/s"
+    )
+    return found
 
 
 def _ledger_growth(bench: Bench, scale: Scale) -> dict[str, Any]:

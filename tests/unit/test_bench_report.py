@@ -35,3 +35,19 @@ def test_a_missing_figure_or_an_unfinished_phase_is_a_problem() -> None:
     assert any("intake_p99_ms" in p for p in found)
     assert any(p.startswith("bulk:") for p in found)
     assert any(p.startswith("intake floor:") for p in found)
+
+
+def test_the_ratios_divide_by_each_anchors_mean_of_its_rounds_before_and_after() -> None:
+    from bench.run import _bracket
+
+    before = {"noop_per_s": 600.0, "tx_per_s": 500.0, "publish_per_s": 1500.0}
+    after = {"noop_per_s": 800.0, "tx_per_s": 400.0, "publish_per_s": None}
+    anchors = _bracket(before, after)
+    assert anchors["noop_per_s"] == 700.0
+    assert anchors["tx_per_s"] == 450.0
+    assert anchors["tx_per_s_after_vs_before"] == 0.8
+    # A round that measured nothing leaves the other's figure, and no spread.
+    assert anchors["publish_per_s"] == 1500.0
+    assert anchors["publish_per_s_after_vs_before"] is None
+    assert anchors["before"] is before
+    assert anchors["after"] is after
