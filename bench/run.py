@@ -143,7 +143,6 @@ def run(scale: Scale, profile: Path | None = None) -> dict[str, Any]:
 def _measure(
     bench: Bench, scale: Scale, cores: int, say: Progress, profile: Path | None
 ) -> dict[str, Any]:
-    import httpx
 
     from bench import dataset, measure
     from bench.anchors import pgbench
@@ -158,9 +157,7 @@ def _measure(
     pools, data = _data_set(bench, scale, world, engine, say)
 
     api, base = bench.start_api()
-    token = httpx.get(
-        f"{base}/api/storefront/v1/auth/authorize", headers={"x-api-key": world.api_key}
-    ).json()["data"]["access_token"]
+    token = _token(base, world.api_key)
 
     before = _anchors(bench, scale, cores, say, "before")
     say(f"anchor (d): pgbench, {cores} clients, {scale.pgbench_seconds} s")
@@ -308,18 +305,25 @@ def _worker_phases(
     return phases
 
 
-def _intake_floor(bench: Bench, scale: Scale, world: Any, cores: int, say: Progress) -> Any:
-    """The same api, load and token on bench.floor's route: no database, one publish."""
+def _token(base: str, api_key: str) -> str:
+    """A bearer token of the data set's brand, from the api at `base`."""
     import httpx
 
+    answer = httpx.get(f"{base}/api/storefront/v1/auth/authorize", headers={"x-api-key": api_key})
+    token: str = answer.json()["data"]["access_token"]
+    return token
+
+
+def _intake_floor(
+    bench: Bench, scale: Scale, world: Any, cores: int, say: Progress
+) -> dict[str, Any]:
+    """The same api, load and token on bench.floor's route: no database, one publish."""
     from bench import floor, measure
 
     say(f"intake floor: the same api and load, a route that only publishes ({floor.PATH})")
     api, base = bench.start_api(factory="bench.floor:app_factory")
     try:
-        token = httpx.get(
-            f"{base}/api/storefront/v1/auth/authorize", headers={"x-api-key": world.api_key}
-        ).json()["data"]["access_token"]
+        token = _token(base, world.api_key)
         # Any event id will do: the route reads none. More than the phase can use.
         ids = [uuid.uuid4() for _ in range(int(scale.intake_seconds * 10_000))]
         found = measure.intake(
