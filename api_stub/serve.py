@@ -17,6 +17,7 @@ import argparse
 import uvicorn
 
 from api_stub.multiprocess import prepare_multiprocess
+from worker.cli import APP_FACTORY
 from worker.logs import configure
 from worker.settings import get_settings
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
-    parser.add_argument("--factory", default="api_stub.app:app_factory")
+    parser.add_argument("--factory", default=APP_FACTORY)
     args = parser.parse_args(argv)
     settings = get_settings()
     configure(settings.log_level)
