@@ -40,18 +40,15 @@ def _events(world: World) -> int:
 
 
 def test_the_floor_publishes_the_reversal_message_and_writes_nothing(
-    floor_client: TestClient, world: World, sent: list[tuple[str, uuid.UUID, str]]
+    floor_client: TestClient,
+    world: World,
+    headers: dict[str, str],
+    sent: list[tuple[str, uuid.UUID, str]],
 ) -> None:
-    token = floor_client.get(
-        "/api/storefront/v1/auth/authorize", headers={"x-api-key": world.api_key}
-    ).json()["data"]["access_token"]
+    # `headers` carries a token of the world's brand, from the service's own app.
     before = _events(world)
     event_id = uuid.uuid4()
-    answer = floor_client.post(
-        floor.path(event_id),
-        json={"reason": "refund"},
-        headers={"Authorization": f"Bearer {token}"},
-    )
+    answer = floor_client.post(floor.path(event_id), json={"reason": "refund"}, headers=headers)
     assert answer.status_code == 202, answer.text
     data = answer.json()["data"]
     assert data["id"] == str(event_id)
@@ -64,21 +61,18 @@ def test_the_floor_publishes_the_reversal_message_and_writes_nothing(
     [
         ({}, {"reason": "refund"}, 401),  # no token: the intake's authentication
         ({"Authorization": "Bearer not-a-token"}, {"reason": "refund"}, 401),
-        (None, {"reason": ""}, 422),  # the intake's body schema
+        (None, {"reason": ""}, 422),  # a valid token (None), the intake's body schema
     ],
 )
 def test_the_floor_refuses_what_the_intake_refuses_and_publishes_nothing(
     floor_client: TestClient,
-    world: World,
+    headers: dict[str, str],
     sent: list[tuple[str, uuid.UUID, str]],
     case: tuple[dict[str, str] | None, dict[str, str], int],
 ) -> None:
-    headers, body, status = case
-    if headers is None:
-        token = floor_client.get(
-            "/api/storefront/v1/auth/authorize", headers={"x-api-key": world.api_key}
-        ).json()["data"]["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
-    answer = floor_client.post(floor.path(uuid.uuid4()), json=body, headers=headers)
+    given, body, status = case
+    answer = floor_client.post(
+        floor.path(uuid.uuid4()), json=body, headers=headers if given is None else given
+    )
     assert answer.status_code == status, answer.text
     assert sent == []
