@@ -53,8 +53,8 @@ def test_a_reversal_reads_each_table_once_and_writes_each_table_once(
 
     verbs = Counter(" ".join(s.split()[:2]) for s in seen if not s.startswith("SELECT"))
     # The claim, and the brand's other waiting reversals taken along (none here);
-    # then, at the work's commit, the event, the gift card, the three lines in one
-    # batch, the five transactions in one batch and the wallet.
+    # then, at the work's commit, the five transactions in one statement, the gift
+    # card, the three lines in one statement, the wallet and the event.
     assert verbs == {
         "UPDATE events": 2,
         "WITH oldest": 1,
@@ -85,8 +85,9 @@ def test_a_reversal_request_is_one_read_and_one_write(world: World, engine: Any)
 # Reversals done together (a bulk batch, or a delivery's with those it took along),
 # once for all of them, none per event: the events with their brands, every
 # customer's wallets, their lines in debt, the events' lines, the allocations, the
-# gift cards, the settlements; and at the commit the transactions in one
-# executemany (worker.ledger.journal), then one batch per table updated.
+# gift cards, the settlements; and at the commit the transactions in one statement
+# (worker.ledger.journal), then one statement per table updated (worker.ledger.
+# together: gift cards, lines, wallets), then the events (the ORM's flush).
 BATCH_WORK = (
     "SELECT events.id,",
     "SELECT wallets.customer_id,",
@@ -96,10 +97,10 @@ BATCH_WORK = (
     "SELECT gift_cards.id,",
     "SELECT settlements.id,",
     "INSERT INTO",
-    "UPDATE events",
     "UPDATE gift_cards",
     "UPDATE lines",
     "UPDATE wallets",
+    "UPDATE events",
 )
 
 

@@ -1,0 +1,168 @@
+"""Many rows of one table written by one statement: their columns sent as arrays.
+
+A bulk batch inserts hundreds of transactions and updates hundreds of lines. As
+an executemany (pipelined), every row has its own Bind and Execute: the worker
+builds, dumps and reads back each one (about 40 µs of CPU per row), and
+PostgreSQL runs each as a statement. Here each column goes as one array in
+binary (`%b`, dumped in C), PostgreSQL unnests them into rows, and the statement
+text does not depend on the number of rows, so psycopg prepares it once per
+connection. In one process, alternating the two batch by batch, a bulk
+reversal's CPU (the worker's and PostgreSQL's together) fell by 16%.
+
+Two users:
+- the journal inserts its waiting transactions with `insert`;
+- at every flush, the ORM's UPDATEs of the tables a reversal updates by the row
+  per line (lines, wallets, gift cards) are sent here first, one statement per
+  table and set of changed columns, and the objects are marked as saved; the ORM
+  flushes the rest as usual.
+
+Only plain scalar columns go this way (uuid, integer, numeric, string, boolean,
+timestamp). An object with any other change (JSON, a primary key, a SQL
+expression as a value) is left to the ORM whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Column, Table, inspect
+from sqlalchemy import types as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import InstanceState, Mapper, Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql.elements import ClauseElement
+
+from worker.models import GiftCard, Line, Wallet
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call] # SQLAlchemy's dialects are untyped
+_SCALAR = (sa.Uuid, sa.Integer, sa.Numeric, sa.String, sa.Boolean, sa.DateTime)
+
+# The tables whose rows a ledger operation updates several at a time.
+UPDATED_TOGETHER: tuple[type[Any], ...] = (Line, Wallet, GiftCard)
+
+
+def _quote(name: str) -> str:
+    return _PG.identifier_preparer.quote(name)
+
+
+def _array(column: Column[Any]) -> str:
+    # Without length or scale: a cast to varchar(16) would cut a longer string
+    # silently, where storing it in the column refuses it, as the ORM's flush does.
+    if isinstance(column.type, sa.String):
+        return "%b::text[]"
+    if isinstance(column.type, sa.Numeric):
+        return "%b::numeric[]"
+    return f"%b::{column.type.compile(dialect=_PG)}[]"
+
+
+@cache
+def insert_statement(table: Table, names: tuple[str, ...]) -> str:
+    """INSERT of rows given as one array per column of `names`, in that order."""
+    columns = [table.c[name] for name in names]
+    return (
+        f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(c.name) for c in columns)}) "  # noqa: S608 - names from the models, quoted; the values are parameters
+        f"SELECT * FROM unnest({', '.join(_array(c) for c in columns)})"
+    )
+
+
+def insert(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert `rows` (dicts with the same keys, in the same order) in one statement."""
+    if not rows:
+        return
+    names = tuple(rows[0])
+    connection.exec_driver_sql(
+        insert_statement(table, names), tuple([row[name] for row in rows] for name in names)
+    )
+
+
+@cache
+def update_statement(table: Table, keys: tuple[str, ...], changed: tuple[str, ...]) -> str:
+    """UPDATE of rows found by `keys`, setting `changed`: one array per column, keys first."""
+    columns = [table.c[name] for name in (*keys, *changed)]
+    given = ", ".join(_quote(c.name) for c in columns)
+    sets = ", ".join(f"{_quote(name)} = given.{_quote(name)}" for name in changed)
+    match = " AND ".join(f"target.{_quote(name)} = given.{_quote(name)}" for name in keys)
+    return (
+        f"UPDATE {_quote(table.name)} AS target SET {sets} "  # noqa: S608 - names from the models, quoted; the values are parameters
+        f"FROM unnest({', '.join(_array(c) for c in columns)}) AS given({given}) "
+        f"WHERE {match}"
+    )
+
+
+class _Plain:
+    """What a mapped class can have updated together: its table, key and scalar columns."""
+
+    def __init__(self, mapper: Mapper[Any]) -> None:
+        self.table: Table = mapper.local_table  # type: ignore[assignment] # a plain table, not a join
+        self.keys = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+        scalar = {
+            prop.key
+            for prop in mapper.column_attrs
+            if len(prop.columns) == 1 and isinstance(prop.columns[0].type, _SCALAR)
+        }
+        # Keys are what rows are found by, never what is set.
+        self.settable = frozenset(scalar - set(self.keys))
+        # Attribute key → column name (the same in this project's models, not in general).
+        self.column = {prop.key: prop.columns[0].name for prop in mapper.column_attrs}
+
+
+_PLAIN: dict[type[Any], _Plain] = {}
+
+
+def _plain(cls: type[Any]) -> _Plain:
+    if cls not in _PLAIN:
+        _PLAIN[cls] = _Plain(inspect(cls))
+    return _PLAIN[cls]
+
+
+def _changed(state: InstanceState[Any], plain: _Plain) -> tuple[str, ...] | None:
+    """The object's changed attributes if all can be updated together, else None."""
+    changed = tuple(sorted(state.committed_state))
+    if not changed or not plain.settable.issuperset(changed):
+        return None
+    if any(isinstance(state.dict[key], ClauseElement) for key in changed):
+        return None
+    return changed
+
+
+def update(connection: Connection, states: Iterable[InstanceState[Any]]) -> None:
+    """Write the changes of these persistent objects, one statement per table and set
+    of changed columns where possible, and mark what was written as saved."""
+    groups: dict[tuple[type[Any], tuple[str, ...]], list[InstanceState[Any]]] = {}
+    for state in states:
+        plain = _plain(state.class_)
+        changed = _changed(state, plain)
+        if changed is not None:
+            groups.setdefault((state.class_, changed), []).append(state)
+    # In a fixed order, as the ORM's flush: tables by name, rows by primary key.
+    for (cls, changed), members in sorted(
+        groups.items(), key=lambda group: (_plain(group[0][0]).table.name, group[0][1])
+    ):
+        plain = _plain(cls)
+        members.sort(key=lambda state: tuple(state.dict[key] for key in plain.keys))
+        columns = tuple(plain.column[key] for key in changed)
+        keys = tuple(plain.column[key] for key in plain.keys)
+        params = tuple([state.dict[key] for state in members] for key in (*plain.keys, *changed))
+        result = connection.exec_driver_sql(update_statement(plain.table, keys, columns), params)
+        if result.rowcount != len(members):
+            # As the ORM's own flush says it: a row was deleted or its key changed.
+            raise StaleDataError(
+                f"UPDATE statement on table '{plain.table.name}' expected to update "
+                f"{len(members)} row(s); {result.rowcount} were matched."
+            )
+        for state in members:
+            obj = state.obj()
+            for key in changed:
+                # Saved: the ORM's flush now finds nothing to write for this object.
+                set_committed_value(obj, key, state.dict[key])
+
+
+def update_dirty(session: Session) -> None:
+    """Before the ORM's flush: the changes of the session's objects of UPDATED_TOGETHER."""
+    states = [inspect(obj) for obj in session.dirty if isinstance(obj, UPDATED_TOGETHER)]
+    if states:
+        update(session.connection(), states)
