@@ -5,16 +5,18 @@ an executemany (pipelined), every row has its own Bind and Execute: the worker
 builds, dumps and reads back each one (about 40 µs of CPU per row), and
 PostgreSQL runs each as a statement. Here each column goes as one array in
 binary (`%b`, dumped in C), PostgreSQL unnests them into rows, and the statement
-text does not depend on the number of rows, so psycopg prepares it once per
+text does not depend on the number of rows, so psycopg prepares it on each
 connection. In one process, alternating the two batch by batch, a bulk
-reversal's CPU (the worker's and PostgreSQL's together) fell by 16%.
+reversal's CPU (the worker's and PostgreSQL's together) fell by 16%; a reversal
+alone costs the same (PostgreSQL plans the join each time, the worker saves as
+much).
 
 Two users:
 - the journal inserts its waiting transactions with `insert`;
-- at every flush, the ORM's UPDATEs of the tables a reversal updates by the row
-  per line (lines, wallets, gift cards) are sent here first, one statement per
-  table and set of changed columns, and the objects are marked as saved; the ORM
-  flushes the rest as usual.
+- then, at every flush, the ORM's UPDATEs of lines, wallets and gift cards (the
+  rows a reversal changes several of) are sent here, one statement per table
+  and set of changed columns, and the objects are marked as saved; the ORM
+  flushes the rest as usual (the events among them).
 
 Only plain scalar columns go this way (uuid, integer, numeric, string, boolean,
 timestamp). An object with any other change (JSON, a primary key, a SQL
