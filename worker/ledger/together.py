@@ -110,6 +110,7 @@ class _Plain:
         self.settable = frozenset(scalar - set(self.keys))
         # Attribute key → column name (the same in this project's models, not in general).
         self.column = {prop.key: prop.columns[0].name for prop in mapper.column_attrs}
+        self.key_columns = tuple(self.column[key] for key in self.keys)
 
 
 _PLAIN: dict[type[Any], _Plain] = {}
@@ -147,9 +148,9 @@ def update(connection: Connection, states: Iterable[InstanceState[Any]]) -> None
         plain = _plain(cls)
         members.sort(key=lambda state: tuple(state.dict[key] for key in plain.keys))
         columns = tuple(plain.column[key] for key in changed)
-        keys = tuple(plain.column[key] for key in plain.keys)
         params = tuple([state.dict[key] for state in members] for key in (*plain.keys, *changed))
-        result = connection.exec_driver_sql(update_statement(plain.table, keys, columns), params)
+        statement = update_statement(plain.table, plain.key_columns, columns)
+        result = connection.exec_driver_sql(statement, params)
         if result.rowcount != len(members):
             # As the ORM's own flush says it: a row was deleted or its key changed.
             raise StaleDataError(
