@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from worker.ledger.reservations import fulfil
 from worker.ledger.reverse import reverse_event
 from worker.ledger.views import event_view
 from worker.ledger.wallet import utcnow
+from worker.metrics import REVERSE_TASK
 from worker.models import (
     Brand,
     Campaign,
@@ -32,8 +34,8 @@ from worker.models import (
     Reward,
     Shortfall,
 )
-from worker.processing import EVENT_WITH_BRAND, task_name_for
-from worker.publish import publish
+from worker.processing import EVENT_WITH_BRAND, NOT_READ_BY_A_REVERSAL, task_name_for
+from worker.publish import publish, publish_batch
 
 
 class IntakeError(Exception):
@@ -211,6 +213,88 @@ def request_reversal(
     event.reversal_shortfall = None
     enqueue(session, event, batch_message_id)
     return ReversalAnswer(202, event)
+
+
+@dataclass(frozen=True)
+class ReversalRequest:
+    """One event's reversal, as a caller asked for it (a bulk item, or a single request)."""
+
+    brand_id: uuid.UUID
+    event_id: uuid.UUID
+    reason: str
+    shortfall: str | None = None
+
+
+def request_reversals(
+    session: Session,
+    requests: Sequence[ReversalRequest],
+    batch_size: int,
+    *,
+    views: bool = False,
+) -> list[ReversalAnswer | IntakeError]:
+    """Decide many reversal requests in one transaction, each as `request_reversal` would.
+
+    The events are read and locked in one query, in id order, so that two callers
+    sharing events cannot deadlock. An item is decided before anything of it is
+    written, so a refused item (its IntakeError, in its place in the answer) changes
+    nothing. The accepted events travel in batches: at most `batch_size` events of one
+    brand per message, each published once the transaction commits. With `views`, the
+    events' JSON is loaded too, for answers that show the whole event.
+    """
+    query = (
+        select(Event, Brand)
+        .join(Brand, Brand.id == Event.brand_id)
+        .where(Event.id.in_({r.event_id for r in requests}))
+        .where(Event.brand_id.in_({r.brand_id for r in requests}))
+        .order_by(Event.id)
+        .with_for_update(of=Event)
+    )
+    if not views:
+        query = query.options(*NOT_READ_BY_A_REVERSAL)
+    found = session.execute(query).all()
+    events = {event.id: event for event, _ in found}
+    brands = {brand.id: brand for _, brand in found}
+    batches: dict[uuid.UUID, tuple[str, list[uuid.UUID]]] = {}
+    answers: list[ReversalAnswer | IntakeError] = []
+    for item in requests:
+        batch = batches.get(item.brand_id)
+        if batch is None or len(batch[1]) >= batch_size:
+            if batch is not None:
+                _publish_after_commit(session, *batch)
+            batch = batches[item.brand_id] = (str(uuid.uuid4()), [])
+        event = events.get(item.event_id)
+        try:
+            if event is None:
+                raise not_found(item.event_id)
+            answer = request_reversal(
+                session,
+                item.brand_id,
+                item.event_id,
+                item.reason,
+                shortfall=item.shortfall,
+                batch_message_id=batch[0],
+                locked=event,
+                brand=brands[event.brand_id],
+            )
+        except IntakeError as exc:
+            answers.append(exc)
+            continue
+        # Accepted now, not already in flight (nor named twice in one batch).
+        if event.queue_message_id == batch[0] and event.id not in batch[1]:
+            batch[1].append(event.id)
+        answers.append(answer)
+    for batch in batches.values():
+        _publish_after_commit(session, *batch)
+    return answers
+
+
+def _publish_after_commit(session: Session, message_id: str, event_ids: list[uuid.UUID]) -> None:
+    if len(event_ids) == 1:
+        # A batch of one travels as a single reversal's message: its own task, as a
+        # request alone always has (the same claim, logs and metrics).
+        on_commit(session, functools.partial(publish, REVERSE_TASK, event_ids[0], message_id))
+    elif event_ids:
+        on_commit(session, functools.partial(publish_batch, message_id, event_ids))
 
 
 def fulfil_event(session: Session, brand_id: uuid.UUID, event_id: uuid.UUID) -> Event:

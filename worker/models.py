@@ -197,6 +197,13 @@ class Event(Base):
             "updated_at",
             postgresql_where=text("status IN ('PENDING', 'PROCESSING')"),
         ),
+        # Which messages still have an event in flight: a delivery that took reversals
+        # along revokes only the messages left with nothing to do (worker.tasks).
+        Index(
+            "ix_events_in_flight_message",
+            "queue_message_id",
+            postgresql_where=text("status IN ('PENDING', 'PROCESSING')"),
+        ),
         Index(
             "ix_events_reservations",
             "reservation_expires_at",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import DateTime, bindparam, case, select, update
+from sqlalchemy import DateTime, bindparam, case, select, text, update
 from sqlalchemy.orm import Session, defer
 
 from worker.db import unit_of_work
@@ -106,9 +106,33 @@ def deliver(
 
 
 def handle_batch(
-    event_ids: Sequence[uuid.UUID], message_id: str, factory: SessionFactory = None
+    event_ids: Sequence[uuid.UUID],
+    message_id: str,
+    factory: SessionFactory = None,
+    take: int | None = None,
 ) -> dict[str, int]:
-    """Reverse the events one bulk request published under one message id.
+    """`deliver_batch`'s outcomes, counted."""
+    return counted(deliver_batch(event_ids, message_id, factory, take), event_ids)
+
+
+def counted(delivery: Delivery, event_ids: Sequence[uuid.UUID]) -> dict[str, int]:
+    """A batch delivery's outcomes by kind, its events found done (IGNORED) included."""
+    outcomes = Counter(delivery.outcomes.values())
+    outcomes["IGNORED"] += len(set(event_ids) - delivery.outcomes.keys())
+    return {k: v for k, v in outcomes.items() if v}
+
+
+def deliver_batch(
+    event_ids: Sequence[uuid.UUID],
+    message_id: str,
+    factory: SessionFactory = None,
+    take: int | None = None,
+) -> Delivery:
+    """Reverse the events published together under one message id (a bulk request's
+    batch, or single requests the api decided together), and the waiting reversals
+    of their brand that the batch has room to take along (up to TAKE_WAITING + 1
+    events in all, as a single reversal's delivery does: a backlog of small batches
+    then clears as fast as one of single requests).
 
     One claim for all of them (one commit), then all of their reversals in one
     transaction (reverse_all). A redelivery finds the events already done no longer
@@ -116,11 +140,19 @@ def handle_batch(
     """
     with unit_of_work(factory) as session:
         claimed = claim(session, event_ids, message_id)
-    outcomes: Counter[str] = Counter()
-    outcomes["IGNORED"] = len(set(event_ids)) - len(claimed)
+        room = (get_settings().take_waiting if take is None else take) + 1 - len(claimed)
+        # A batch is one brand's (one bulk request's, or grouped by brand by the api).
+        first = next(iter(claimed.values()), None)
+        taken = {}
+        if first is not None and first.reversal and room > 0:
+            taken = take_waiting(session, event_ids[0], first.brand_id, room)
     owners = {event_id: message_id for event_id in dict.fromkeys(event_ids) if event_id in claimed}
-    outcomes.update(reverse_all(owners, claimed, factory, batch=list(event_ids)).values())
-    return {k: v for k, v in outcomes.items() if v}
+    owners.update({e: t.message_id for e, t in taken.items()})
+    claimed.update({e: t.claimed for e, t in taken.items()})
+    if taken:
+        log.info("took_waiting", queue_message_id=message_id, taken=len(taken))
+    outcomes = reverse_all(owners, claimed, factory, batch=list(event_ids))
+    return Delivery(outcomes, tuple(dict.fromkeys(t.message_id for t in taken.values())))
 
 
 def reverse_all(
@@ -135,7 +167,9 @@ def reverse_all(
     Should one of them be refused or find the ledger wrong, that transaction is
     rolled back whole and the events are done one by one, each in its own
     transaction exactly as a single message's, so that an event's failure stays
-    its own. `batch` is the bulk message's events (what its dead letters keep).
+    its own. `batch` is the batch message's events (what their dead letters keep);
+    an event taken along from another message keeps its own message's single body,
+    which a replay can deliver whatever that message carried.
     """
     try:
         together = _reverse_together(owners, claimed, factory)
@@ -145,10 +179,11 @@ def reverse_all(
     if together is not None:
         return together
     outcomes = {}
-    batch_ids = [str(e) for e in batch] if batch is not None else None
+    in_batch = set(batch or ())
+    batch_ids = [str(e) for e in batch or ()]
     for event_id, message_id in owners.items():  # in order
         payload: list[Any] = [str(event_id), message_id]
-        if batch_ids is not None:
+        if event_id in in_batch:
             payload = [message_id, batch_ids]
         with structlog.contextvars.bound_contextvars(
             event_id=str(event_id), brand_id=str(claimed[event_id].brand_id)
@@ -159,7 +194,7 @@ def reverse_all(
                 claimed[event_id],
                 factory,
                 payload,
-                batch_task=BATCH_TASK if batch is not None else None,
+                batch_task=BATCH_TASK if event_id in in_batch else None,
             )
     return outcomes
 
@@ -427,6 +462,23 @@ def take_waiting(
         row.id: Taken(row.queue_message_id, Claimed(row.brand_id, True, row.reversal_attempts))
         for row in rows
     }
+
+
+# The predicate of ix_events_in_flight_message, as text so that the planner matches it
+# whatever plan it caches.
+_UNFINISHED = (
+    select(Event.queue_message_id)
+    .where(Event.queue_message_id.in_(bindparam("message_ids", expanding=True)))
+    .where(text("status IN ('PENDING', 'PROCESSING')"))
+    .distinct()
+)
+
+
+def finished_messages(session: Session, message_ids: Sequence[str]) -> list[str]:
+    """Those of these messages none of whose events is still in flight: a message of
+    several events (a batch) whose reversals were not all taken along still has work."""
+    unfinished = set(session.scalars(_UNFINISHED, {"message_ids": list(message_ids)}))
+    return [m for m in dict.fromkeys(message_ids) if m not in unfinished]
 
 
 def fail_event(

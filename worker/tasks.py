@@ -30,9 +30,11 @@ from worker.models import Event
 from worker.processing import (
     BATCH_TASK,
     DONE,
+    counted,
     deliver,
+    deliver_batch,
     fail_event,
-    handle_batch,
+    finished_messages,
 )
 from worker.settings import get_settings
 from worker.sweeper import sweep
@@ -122,18 +124,21 @@ def run(
 
 def revoke_taken(message_ids: Sequence[str]) -> None:
     """Have the workers drop, unopened, the messages of reversals a delivery took
-    along and committed (Celery's revoke, by task id).
+    along and committed (Celery's revoke, by task id), those with no event left in
+    flight: a batch's message whose other events were not taken still has work.
 
-    Each would otherwise cost a whole delivery only to find its event done: a pool
+    Each would otherwise cost a whole delivery only to find its events done: a pool
     process, a claim and a read. Dropping it is a shortcut and nothing more: a
     worker the broadcast misses (one started later, or a broadcast lost) delivers
-    the message, which finds its event done and changes nothing (IGNORED). No
-    revoked message has work left: its event is done, or owned by a newer message.
+    the message, which finds its events done and changes nothing (IGNORED).
     """
     if not message_ids:
         return
     try:
-        app.control.revoke(list(message_ids))
+        with unit_of_work() as session:
+            finished = finished_messages(session, message_ids)
+        if finished:
+            app.control.revoke(finished)
     except Exception:
         log.warning("revoke_failed", messages=len(message_ids), exc_info=True)
 
@@ -245,10 +250,16 @@ def run_batch(
     if problem is not None:
         return _refuse(task, message_id, problem)
     ids = [uuid.UUID(e) for e in event_ids]
+
+    def work() -> dict[str, int]:
+        delivery = deliver_batch(ids, message_id)
+        revoke_taken(delivery.taken)
+        return counted(delivery, ids)
+
     return _deliver(
         task,
         message_id,
-        lambda: handle_batch(ids, message_id),
+        work,
         stranded=lambda: in_flight(ids, message_id),
         batch=len(ids),
     )

@@ -6,33 +6,36 @@ import functools
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic_core import to_jsonable_python
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api_stub import responses as docs
+from api_stub.auth import Principal
+from api_stub.coalesce import Coalescer
 from api_stub.deps import CurrentBrand, transaction
 from api_stub.errors import ApiError
 from api_stub.metrics import REVERSALS_ACCEPTED
 from api_stub.schemas import BulkReverseIn, EventIn, ReverseIn
-from worker.db import on_commit
+from worker.db import unit_of_work
 from worker.intake import (
     IntakeError,
+    ReversalAnswer,
+    ReversalRequest,
     create_event,
     fulfil_event,
     get_event,
-    not_found,
     request_reversal,
+    request_reversals,
 )
-from worker.ledger.views import event_view
-from worker.models import Brand, Event, IdempotencyKey
-from worker.processing import NOT_READ_BY_A_REVERSAL
-from worker.publish import publish_batch
+from worker.ledger.views import event_view, event_views
+from worker.models import IdempotencyKey
 from worker.settings import get_settings
 
 router = APIRouter(prefix="/behavior/events")
@@ -74,76 +77,36 @@ def fulfill(event_id: uuid.UUID, request: Request, who: CurrentBrand) -> JSONRes
 
 @router.post("/reverse", status_code=202, responses=docs.REVERSE_BULK)
 def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JSONResponse:
-    results: list[dict[str, Any]] = []
     # Accepted events travel in batches of BULK_BATCH_SIZE, one message each: the
     # per-message cost is paid once per batch, and batches spread over the workers.
-    batches: list[tuple[str, list[uuid.UUID]]] = []
-    size = get_settings().bulk_batch_size
+    requests = [
+        ReversalRequest(who.brand_id, item.id, item.reason, body.shortfall) for item in body.events
+    ]
     with transaction(request) as session:
-        # All of the request's events of this brand, read and locked in one query, in
-        # id order (two bulk requests sharing events cannot deadlock). An item is
-        # decided before anything of it is written: a refused item changes nothing.
-        events = {
-            event.id: event
-            for event in session.scalars(
-                select(Event)
-                .where(Event.id.in_({item.id for item in body.events}))
-                .where(Event.brand_id == who.brand_id)
-                .order_by(Event.id)
-                .with_for_update()
-                # Deciding a request reads none of the event's JSON (a bulk has no dry run).
-                .options(*NOT_READ_BY_A_REVERSAL)
-            )
-        }
-        brand = session.get_one(Brand, who.brand_id)
-        for item in body.events:
-            if not batches or len(batches[-1][1]) >= size:
-                batches.append((str(uuid.uuid4()), []))
-            batch_id, members = batches[-1]
-            try:
-                event = events.get(item.id)
-                if event is None:
-                    raise not_found(item.id)
-                answer = request_reversal(
-                    session,
-                    who.brand_id,
-                    item.id,
-                    item.reason,
-                    shortfall=body.shortfall,
-                    batch_message_id=batch_id,
-                    locked=event,
-                    brand=brand,
-                )
-            except IntakeError as exc:
-                results.append(
-                    {
-                        "id": str(item.id),
-                        "status": "REJECTED",
-                        "queue_message_id": None,
-                        "error": {"code": exc.code, "message": exc.message},
-                    }
-                )
-                continue
-            already = answer.status_code == 200
-            if answer.event.queue_message_id == batch_id:
-                members.append(item.id)
-            results.append(
-                {
-                    "id": str(item.id),
-                    "status": "ALREADY_REVERSED" if already else "ACCEPTED",
-                    "queue_message_id": answer.event.queue_message_id,
-                    "error": None,
-                }
-            )
-        for batch_id, event_ids in batches:
-            if event_ids:
-                on_commit(session, functools.partial(publish_batch, batch_id, event_ids))
+        answers = request_reversals(session, requests, get_settings().bulk_batch_size)
+        results = [_bulk_result(r.event_id, a) for r, a in zip(requests, answers, strict=True)]
     REVERSALS_ACCEPTED.inc(sum(1 for r in results if r["status"] == "ACCEPTED"))
     return _json(202, results)
 
 
+def _bulk_result(event_id: uuid.UUID, answer: ReversalAnswer | IntakeError) -> dict[str, Any]:
+    if isinstance(answer, IntakeError):
+        return {
+            "id": str(event_id),
+            "status": "REJECTED",
+            "queue_message_id": None,
+            "error": {"code": answer.code, "message": answer.message},
+        }
+    return {
+        "id": str(event_id),
+        "status": "ALREADY_REVERSED" if answer.status_code == 200 else "ACCEPTED",
+        "queue_message_id": answer.event.queue_message_id,
+        "error": None,
+    }
+
+
 @router.post("/{event_id}/reverse", status_code=202, responses=docs.REVERSE_EVENT)
-def reverse(
+async def reverse(
     event_id: uuid.UUID,
     body: ReverseIn,
     request: Request,
@@ -152,6 +115,64 @@ def reverse(
     idempotency_key: Annotated[
         str | None, Header(max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
     ] = None,
+) -> JSONResponse:
+    if idempotency_key is not None or body.dry_run:
+        # A stored answer to replay, or a reversal worked out and thrown away: alone.
+        return await run_in_threadpool(
+            _reverse_alone, event_id, body, request, who, idempotency_key
+        )
+    status, view = await singles_of(request).submit(
+        ReversalRequest(who.brand_id, event_id, body.reason, body.shortfall)
+    )
+    if status == 202:
+        REVERSALS_ACCEPTED.inc()
+    return _json(status, view)
+
+
+Single = tuple[int, dict[str, Any]]  # a single request's status and event view
+
+
+def singles_of(request: Request) -> Coalescer[ReversalRequest, Single]:
+    """The app's coalescer of single reversal requests, made on first use."""
+    state = request.app.state
+    singles: Coalescer[ReversalRequest, Single] | None = getattr(state, "singles", None)
+    if singles is None:
+        factory: Callable[[], Session] = state.session_factory
+        size = get_settings().bulk_batch_size
+        singles = state.singles = Coalescer(functools.partial(decide_singles, factory, size), size)
+    return singles
+
+
+def decide_singles(
+    factory: Callable[[], Session], batch_size: int, requests: list[ReversalRequest]
+) -> list[Single | Exception]:
+    """Single requests that arrived together, decided in one transaction (api_stub.coalesce).
+
+    Each answers as if alone: its 202 or 200 with the event, or its IntakeError. The
+    accepted events travel in batch messages, as a bulk request's do. Should the
+    transaction fail (the database gone, say), each request is tried again alone, in
+    its own transaction, so that one request's failure is never another's.
+    """
+    try:
+        with unit_of_work(factory) as session:
+            answers = request_reversals(session, requests, batch_size, views=True)
+            accepted = [a for a in answers if not isinstance(a, IntakeError)]
+            views = iter(event_views(session, [a.event for a in accepted]))
+            return [
+                a if isinstance(a, IntakeError) else (a.status_code, next(views)) for a in answers
+            ]
+    except Exception as exc:
+        if len(requests) == 1:
+            return [exc]
+        return [decide_singles(factory, batch_size, [one])[0] for one in requests]
+
+
+def _reverse_alone(
+    event_id: uuid.UUID,
+    body: ReverseIn,
+    request: Request,
+    who: Principal,
+    idempotency_key: str | None,
 ) -> JSONResponse:
     fingerprint = hashlib.sha256(
         json.dumps([str(event_id), body.model_dump()], sort_keys=True).encode()

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from tests.support import World
 from worker.models import Transaction
-from worker.processing import handle_batch
+from worker.processing import deliver, handle_batch
 from worker.settings import get_settings
 
 BASE = "/api/storefront/v1"
@@ -811,14 +811,17 @@ def test_bulk_sends_its_events_in_batches_each_reversed_once(
     its events one by one, an event's refusal stays its own, a redelivery does nothing."""
     monkeypatch.setattr(get_settings(), "bulk_batch_size", 2)
     sent: list[tuple[str, list[uuid.UUID]]] = []
+    monkeypatch.setattr("worker.intake.publish_batch", lambda mid, ids: sent.append((mid, ids)))
+    singles: list[tuple[str, uuid.UUID, str]] = []
     monkeypatch.setattr(
-        "api_stub.routes.events.publish_batch", lambda mid, ids: sent.append((mid, ids))
+        "worker.intake.publish", lambda task, event_id, mid: singles.append((task, event_id, mid))
     )
     first, second = uuid.uuid4(), uuid.uuid4()
     spent = _resolved(client, headers, world, first, accumulate=[10])
     _resolved(client, headers, world, first, redeem=[8])  # spends 8 of `spent`'s 10
     others = [_resolved(client, headers, world, second, accumulate=[n]) for n in (1, 2, 3, 4)]
     order = [others[0], spent, others[1], others[2], others[3]]
+    singles.clear()  # the events' own first processing
     answer = client.post(
         f"{BASE}/behavior/events/reverse",
         json={
@@ -829,21 +832,28 @@ def test_bulk_sends_its_events_in_batches_each_reversed_once(
     )
     results = _data(answer, 202)
     assert [r["status"] for r in results] == ["ACCEPTED"] * 5
-    # Three messages, of 2, 2 and 1 events, in the request's order, each item
-    # answered with the message id it travels under.
-    assert [ids for _, ids in sent] == [order[0:2], order[2:4], order[4:]]
-    for index, result in enumerate(results):
-        assert result["queue_message_id"] == sent[index // 2][0]
+    # Two messages of 2 events, in the request's order, and the last event alone as a
+    # single reversal's message; each item answered with the message id it travels under.
+    assert [ids for _, ids in sent] == [order[0:2], order[2:4]]
+    assert [(task, event_id) for task, event_id, _ in singles] == [
+        ("reversals.reverse_event", order[4])
+    ]
+    message_ids = [sent[0][0], sent[0][0], sent[1][0], sent[1][0], singles[0][2]]
+    assert [r["queue_message_id"] for r in results] == message_ids
 
-    outcomes = [handle_batch(ids, mid, db_factory) for mid, ids in sent]
+    # Each message does its own events only (take=0: none taken along).
+    outcomes = [handle_batch(ids, mid, db_factory, take=0) for mid, ids in sent]
+    alone = deliver(order[4], singles[0][2], db_factory, take=0).outcomes
     # `spent` would leave a shortfall of 8 under `fail`: FAILED alone, its batch goes on.
-    assert outcomes == [{"REVERSED": 1, "FAILED": 1}, {"REVERSED": 2}, {"REVERSED": 1}]
+    assert outcomes == [{"REVERSED": 1, "FAILED": 1}, {"REVERSED": 2}]
+    assert alone == {order[4]: "REVERSED"}
     assert _get(client, headers, spent)["status"] == "FAILED"
     assert _balance(client, headers, world, first) == 2
     assert _balance(client, headers, world, second) == 0
     # A redelivery of every message changes nothing.
     again = [handle_batch(ids, mid, db_factory) for mid, ids in sent]
-    assert again == [{"IGNORED": 2}, {"IGNORED": 2}, {"IGNORED": 1}]
+    assert again == [{"IGNORED": 2}, {"IGNORED": 2}]
+    assert deliver(order[4], singles[0][2], db_factory).outcomes == {order[4]: "IGNORED"}
     assert _balance(client, headers, world, first) == 2
     assert _balance(client, headers, world, second) == 0
     world.check(first)
