@@ -37,10 +37,6 @@ def _published(monkeypatch: pytest.MonkeyPatch) -> Sent:
     return sent
 
 
-def _purchase(world: World, customer: uuid.UUID, **kwargs: Any) -> uuid.UUID:
-    return world.event(customer, **kwargs)
-
-
 def _state(world: World, event_id: uuid.UUID) -> tuple[str, str | None, str]:
     event = world.get(event_id)
     return event.status, event.reversal_status, event.queue_message_id
@@ -51,11 +47,11 @@ def test_requests_decided_together_answer_each_as_alone_and_a_refusal_changes_no
 ) -> None:
     a, b = World.create(db_factory), World.create(db_factory)
     ca, cb = uuid.uuid4(), uuid.uuid4()
-    _purchase(a, ca, accumulate=[500])
+    a.event(ca, accumulate=[500])
     first, second, reversed_, in_flight = (
-        _purchase(a, ca, accumulate=[40], redeem=[30], gift_cards=1) for _ in range(4)
+        a.event(ca, accumulate=[40], redeem=[30], gift_cards=1) for _ in range(4)
     )
-    theirs, untouched = (_purchase(b, cb, accumulate=[25]) for _ in range(2))
+    theirs, untouched = (b.event(cb, accumulate=[25]) for _ in range(2))
     assert a.reverse(reversed_) == "REVERSED"
     assert a.request_reversal(in_flight) == 202
     in_flight_message = a.message_id(in_flight)
@@ -101,7 +97,7 @@ def test_requests_decided_together_answer_each_as_alone_and_a_refusal_changes_no
     assert sent["batch"] == [(views[first]["queue_message_id"], [first, second])]
     assert views[second]["queue_message_id"] == views[first]["queue_message_id"]
     assert sent["single"] == [(theirs, views[theirs]["queue_message_id"])]
-    assert in_flight_message not in {views[first]["queue_message_id"]}
+    assert views[first]["queue_message_id"] != in_flight_message
 
     message, ids = sent["batch"][0]
     assert handle_batch(ids, message, db_factory, take=0) == {"REVERSED": 2}
@@ -114,7 +110,7 @@ def test_when_the_transaction_of_all_fails_each_request_is_decided_alone(
     world: World, db_factory: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     customer = uuid.uuid4()
-    fine, other, doomed = (_purchase(world, customer, accumulate=[10]) for _ in range(3))
+    fine, other, doomed = (world.event(customer, accumulate=[10]) for _ in range(3))
     sent = _published(monkeypatch)
 
     def together_fails(session: Any, requests: list[ReversalRequest], *args: Any, **kw: Any) -> Any:
@@ -141,10 +137,10 @@ def test_the_views_of_several_events_read_together_are_each_events_own(
     a, b = World.create(db_factory), World.create(db_factory)
     ca, cb = uuid.uuid4(), uuid.uuid4()
     mixed = [
-        _purchase(a, ca, accumulate=[500, 20]),
-        _purchase(b, cb, accumulate=[7]),
-        _purchase(a, ca, accumulate=[40], redeem=[30], gift_cards=2),
-        _purchase(b, cb, redeem=[5]),
+        a.event(ca, accumulate=[500, 20]),
+        b.event(cb, accumulate=[7]),
+        a.event(ca, accumulate=[40], redeem=[30], gift_cards=2),
+        b.event(cb, redeem=[5]),
     ]
     assert a.reverse(mixed[2]) == "REVERSED"
     with unit_of_work(db_factory) as session:
@@ -164,8 +160,8 @@ def test_concurrent_single_requests_share_messages_and_are_each_reversed_once(
     world: World, db_factory: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     customer = uuid.uuid4()
-    _purchase(world, customer, accumulate=[1000])
-    events = [_purchase(world, customer, accumulate=[10], redeem=[5]) for _ in range(12)]
+    world.event(customer, accumulate=[1000])
+    events = [world.event(customer, accumulate=[10], redeem=[5]) for _ in range(12)]
     sent = _published(monkeypatch)
     app = create_app(get_settings(), session_factory=db_factory)
 
