@@ -24,7 +24,15 @@ from worker.ledger.errors import InsufficientBalance, LedgerError, ShortfallRefu
 from worker.ledger.record import record_event
 from worker.ledger.reverse import read_ahead, reverse_event
 from worker.ledger.wallet import utcnow
-from worker.models import Brand, DeadLetter, Event, EventStatus, ReversalStatus, Shortfall
+from worker.models import (
+    IN_FLIGHT_SQL,
+    Brand,
+    DeadLetter,
+    Event,
+    EventStatus,
+    ReversalStatus,
+    Shortfall,
+)
 from worker.settings import get_settings
 
 log = structlog.get_logger(__name__)
@@ -152,7 +160,7 @@ def deliver_batch(
     if taken:
         log.info("took_waiting", queue_message_id=message_id, taken=len(taken))
     outcomes = reverse_all(owners, claimed, factory, batch=list(event_ids))
-    return Delivery(outcomes, tuple(dict.fromkeys(t.message_id for t in taken.values())))
+    return Delivery(outcomes, tuple(t.message_id for t in taken.values()))
 
 
 def reverse_all(
@@ -464,12 +472,11 @@ def take_waiting(
     }
 
 
-# The predicate of ix_events_in_flight_message, as text so that the planner matches it
-# whatever plan it caches.
+# Found in ix_events_in_flight_message: its predicate, word for word.
 _UNFINISHED = (
     select(Event.queue_message_id)
     .where(Event.queue_message_id.in_(bindparam("message_ids", expanding=True)))
-    .where(text("status IN ('PENDING', 'PROCESSING')"))
+    .where(text(IN_FLIGHT_SQL))
     .distinct()
 )
 

@@ -172,6 +172,8 @@ def event_view(session: Session, event: Event) -> dict[str, Any]:
 
 def event_views(session: Session, events: Sequence[Event]) -> list[dict[str, Any]]:
     """`event_view` of each event, in order; their results read in one statement."""
+    if not events:
+        return []
     session.flush()  # a textual statement does not autoflush; the ORM's queries did
     results = session.execute(
         _EVENT_RESULTS,
