@@ -33,6 +33,7 @@ from worker.models import (
     ReversalStatus,
     Reward,
     Shortfall,
+    one_of,
 )
 from worker.processing import EVENT_WITH_BRAND, NOT_READ_BY_A_REVERSAL, task_name_for
 from worker.publish import publish, publish_batch
@@ -215,6 +216,17 @@ def request_reversal(
     return ReversalAnswer(202, event)
 
 
+# The requested events with their brands, locked in id order (request_reversals).
+_REQUESTED = (
+    select(Event, Brand)
+    .join(Brand, Brand.id == Event.brand_id)
+    .where(one_of(Event.id, "event_ids"), one_of(Event.brand_id, "brand_ids"))
+    .order_by(Event.id)
+    .with_for_update(of=Event)
+)
+_REQUESTED_FOR_REVERSAL = _REQUESTED.options(*NOT_READ_BY_A_REVERSAL)
+
+
 @dataclass(frozen=True)
 class ReversalRequest:
     """One event's reversal, as a caller asked for it (a bulk item, or a single request)."""
@@ -241,17 +253,13 @@ def request_reversals(
     brand per message, each published once the transaction commits. With `views`, the
     events' JSON is loaded too, for answers that show the whole event.
     """
-    query = (
-        select(Event, Brand)
-        .join(Brand, Brand.id == Event.brand_id)
-        .where(Event.id.in_({r.event_id for r in requests}))
-        .where(Event.brand_id.in_({r.brand_id for r in requests}))
-        .order_by(Event.id)
-        .with_for_update(of=Event)
-    )
-    if not views:
-        query = query.options(*NOT_READ_BY_A_REVERSAL)
-    found = session.execute(query).all()
+    found = session.execute(
+        _REQUESTED if views else _REQUESTED_FOR_REVERSAL,
+        {
+            "event_ids": list({r.event_id for r in requests}),
+            "brand_ids": list({r.brand_id for r in requests}),
+        },
+    ).all()
     events = {event.id: event for event, _ in found}
     brands = {brand.id: brand for _, brand in found}
     batches: dict[uuid.UUID, tuple[str, list[uuid.UUID]]] = {}

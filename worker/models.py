@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Identity,
@@ -26,10 +27,12 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    any_,
+    bindparam,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -46,6 +49,19 @@ class Base(DeclarativeBase):
 # The partial indexes' predicate for events in flight; a query meant to use one of
 # them says it in these words, so that the planner matches it whatever plan it caches.
 IN_FLIGHT_SQL = "status IN ('PENDING', 'PROCESSING')"
+
+
+def one_of(column: Any, name: str) -> ColumnElement[bool]:
+    """`column = ANY(:name)`: the values travel as one array parameter.
+
+    `IN (:name)` with an expanding parameter puts one placeholder per value in the
+    statement's text, so the text changes with the number of values: SQLAlchemy
+    renders it again at every execution, psycopg converts it again, and PostgreSQL
+    parses and plans it again. With one array the text never changes, and PostgreSQL
+    finds the rows by the same index (`IN (…)` is `= ANY (ARRAY[…])` to it).
+    """
+    same: ColumnElement[bool] = column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return same
 
 
 class EventStatus(enum.StrEnum):

@@ -32,6 +32,7 @@ from worker.models import (
     EventStatus,
     ReversalStatus,
     Shortfall,
+    one_of,
 )
 from worker.settings import get_settings
 
@@ -315,7 +316,7 @@ def _claim_statement() -> Any:
         (ReversalStatus.PENDING.value, ReversalStatus.PROCESSING.value)
     )
     mine = (
-        Event.id.in_(bindparam("claim_ids", expanding=True)),
+        one_of(Event.id, "claim_ids"),
         Event.queue_message_id == bindparam("claim_message_id"),
         # In flight, said as "not done": `status IN ('PENDING', 'PROCESSING')` is
         # ix_events_in_flight's predicate, and with it PostgreSQL may scan that whole
@@ -375,7 +376,7 @@ NOT_READ_BY_A_REVERSAL = [
 REVERSAL_WITH_BRAND = EVENT_WITH_BRAND.options(*NOT_READ_BY_A_REVERSAL)
 # A bulk batch's events with their brands, locked in id order (the claim's order).
 EVENTS_WITH_BRANDS = (
-    _WITH_BRAND.where(Event.id.in_(bindparam("event_ids", expanding=True)))
+    _WITH_BRAND.where(one_of(Event.id, "event_ids"))
     .order_by(Event.id)
     .with_for_update(of=Event)
     .options(*NOT_READ_BY_A_REVERSAL)
@@ -475,7 +476,7 @@ def take_waiting(
 # Found in ix_events_in_flight_message: its predicate, word for word.
 _UNFINISHED = (
     select(Event.queue_message_id)
-    .where(Event.queue_message_id.in_(bindparam("message_ids", expanding=True)))
+    .where(one_of(Event.queue_message_id, "message_ids"))
     .where(text(IN_FLIGHT_SQL))
     .distinct()
 )

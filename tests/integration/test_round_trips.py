@@ -23,13 +23,14 @@ _SAVEPOINTS = re.compile(r"^(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT)\
 
 
 @contextmanager
-def statements(engine: Any) -> Iterator[list[str]]:
+def statements(engine: Any, whole: bool = False) -> Iterator[list[str]]:
+    """The statements run meanwhile: their first three words, or `whole` texts."""
     seen: list[str] = []
 
     def record(*args: Any) -> None:
         statement: str = args[2]
         if not _SAVEPOINTS.match(statement):
-            seen.append(" ".join(statement.split()[:3]))
+            seen.append(statement if whole else " ".join(statement.split()[:3]))
 
     listener: Callable[..., None] = record
     event.listen(engine, "before_cursor_execute", listener)
@@ -128,3 +129,28 @@ def test_a_bulk_batch_reads_each_table_once_for_all_of_its_events(
     assert [" ".join(s.split()[:2]) for s in seen] == [*claim_and_take, *BATCH_WORK], seen
     for customer in customers:
         world.check(customer)
+
+
+def test_a_batch_runs_the_same_statement_texts_whatever_its_size(world: World, engine: Any) -> None:
+    # Ids travel as one array each (worker.models.one_of), not one placeholder per
+    # id: a text that never changes is rendered, converted and planned once.
+    def batch_of(n: int) -> list[str]:
+        batch = str(uuid.uuid4())
+        spent = []
+        for _ in range(n):
+            customer = uuid.uuid4()
+            world.event(customer, accumulate=[300, 200])
+            spent.append(world.event(customer, accumulate=[120, 30], redeem=[250], gift_cards=1))
+        with unit_of_work(world.factory) as session:
+            for event_id in spent:
+                request_reversal(
+                    session, world.brand_id, event_id, "refund", batch_message_id=batch
+                )
+        with statements(engine, whole=True) as seen:
+            assert handle_batch(spent, batch, world.factory) == {"REVERSED": n}
+        return seen
+
+    two, five = batch_of(2), batch_of(5)
+    assert len(two) == len(BATCH_WORK) + 2
+    assert two == five
+    world.check()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -56,6 +56,7 @@ from worker.models import (
     Shortfall,
     Transaction,
     TransactionType,
+    one_of,
 )
 
 
@@ -90,7 +91,7 @@ _LINES = (
         (Transaction.line_id == Line.id) & (Transaction.type == TransactionType.ACCUMULATION.value),
     )
     .outerjoin(Campaign, Campaign.id == Line.campaign_id)
-    .where(Line.event_id.in_(bindparam("event_ids", expanding=True)))
+    .where(one_of(Line.event_id, "event_ids"))
     .order_by(Line.id)
 )
 _ALLOCATIONS = (
@@ -99,15 +100,11 @@ _ALLOCATIONS = (
     .join(Redemption, Redemption.id == Allocation.redemption_id)
     .join(Line, Line.id == Allocation.line_id)
     .outerjoin(Campaign, Campaign.id == Line.campaign_id)
-    .where(Redemption.event_id.in_(bindparam("event_ids", expanding=True)))
+    .where(one_of(Redemption.event_id, "event_ids"))
     .order_by(Redemption.id, Allocation.id)
     .with_for_update(of=Line)
 )
-_GIFT_CARDS = (
-    select(GiftCard)
-    .where(GiftCard.event_id.in_(bindparam("event_ids", expanding=True)))
-    .order_by(GiftCard.id)
-)
+_GIFT_CARDS = select(GiftCard).where(one_of(GiftCard.event_id, "event_ids")).order_by(GiftCard.id)
 
 
 class Given(NamedTuple):

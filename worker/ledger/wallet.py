@@ -37,6 +37,7 @@ from worker.models import (
     TierChange,
     TransactionType,
     Wallet,
+    one_of,
 )
 
 LIVE_STATES = (LineState.ACTIVE.value, LineState.EXPIRED.value, LineState.REVERSED.value)
@@ -49,7 +50,7 @@ LIVE_STATES = (LineState.ACTIVE.value, LineState.EXPIRED.value, LineState.REVERS
 _SETTLEMENTS = (
     select(Settlement)
     .where(
-        Settlement.debtor_line_id.in_(bindparam("line_ids", expanding=True)),
+        one_of(Settlement.debtor_line_id, "line_ids"),
         Settlement.amount > 0,
     )
     .order_by(Settlement.seq.desc())
@@ -64,13 +65,13 @@ _WALLETS = (
     select(Wallet, Reward, Customer)
     .join(Reward, Reward.id == Wallet.reward_id)
     .join(Customer, Customer.id == Wallet.customer_id)
-    .where(Wallet.customer_id.in_(bindparam("customer_ids", expanding=True)))
+    .where(one_of(Wallet.customer_id, "customer_ids"))
     .order_by(Wallet.customer_id, Wallet.reward_id)
     .with_for_update(of=[Wallet, Customer], key_share=True)
 )
 _CUSTOMERS = (
     select(Customer)
-    .where(Customer.id.in_(bindparam("customer_ids", expanding=True)))
+    .where(one_of(Customer.id, "customer_ids"))
     .order_by(Customer.id)
     .with_for_update(key_share=True)
 )
@@ -78,7 +79,7 @@ _DEBTORS = (
     select(Line)
     .where(
         Line.customer_id == bindparam("customer_id"),
-        Line.reward_id.in_(bindparam("reward_ids", expanding=True)),
+        one_of(Line.reward_id, "reward_ids"),
         Line.state.in_(LIVE_STATES),
         Line.remaining < 0,
     )
@@ -87,7 +88,7 @@ _DEBTORS = (
 # The lines in debt of customers whose wallets are locked, read once before a
 # reversal writes (see Debts).
 _IN_DEBT = select(Line).where(
-    Line.customer_id.in_(bindparam("customer_ids", expanding=True)),
+    one_of(Line.customer_id, "customer_ids"),
     Line.state.in_(LIVE_STATES),
     Line.remaining < 0,
 )
