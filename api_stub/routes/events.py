@@ -25,8 +25,8 @@ from api_stub.metrics import REVERSALS_ACCEPTED
 from api_stub.schemas import BulkReverseIn, EventIn, ReverseIn
 from worker.db import unit_of_work
 from worker.intake import (
+    Decided,
     IntakeError,
-    ReversalAnswer,
     ReversalRequest,
     create_event,
     fulfil_event,
@@ -89,7 +89,7 @@ def reverse_bulk(body: BulkReverseIn, request: Request, who: CurrentBrand) -> JS
     return _json(202, results)
 
 
-def _bulk_result(event_id: uuid.UUID, answer: ReversalAnswer | IntakeError) -> dict[str, Any]:
+def _bulk_result(event_id: uuid.UUID, answer: Decided | IntakeError) -> dict[str, Any]:
     if isinstance(answer, IntakeError):
         return {
             "id": str(event_id),
@@ -100,7 +100,7 @@ def _bulk_result(event_id: uuid.UUID, answer: ReversalAnswer | IntakeError) -> d
     return {
         "id": str(event_id),
         "status": "ALREADY_REVERSED" if answer.status_code == 200 else "ACCEPTED",
-        "queue_message_id": answer.event.queue_message_id,
+        "queue_message_id": answer.queue_message_id,
         "error": None,
     }
 
@@ -156,8 +156,8 @@ def decide_singles(
     try:
         with unit_of_work(factory) as session:
             answers = request_reversals(session, requests, batch_size, views=True)
-            accepted = [a for a in answers if not isinstance(a, IntakeError)]
-            views = iter(event_views(session, [a.event for a in accepted]))
+            rows = [a.event for a in answers if isinstance(a, Decided) and a.event is not None]
+            views = iter(event_views(session, rows))
             return [
                 a if isinstance(a, IntakeError) else (a.status_code, next(views)) for a in answers
             ]

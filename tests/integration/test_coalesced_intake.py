@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from api_stub.app import create_app
 from api_stub.routes import events as routes
 from tests.support import World
 from worker.db import unit_of_work
-from worker.intake import IntakeError, ReversalRequest, request_reversals
+from worker.intake import IntakeError, ReversalRequest, request_reversal, request_reversals
 from worker.ledger.views import event_view, event_views
 from worker.models import Event
 from worker.processing import deliver, handle_batch
@@ -201,3 +202,84 @@ def test_concurrent_single_requests_share_messages_and_are_each_reversed_once(
         assert deliver(event_id, message, db_factory, take=0).outcomes == {event_id: "REVERSED"}
     assert world.balance(customer) == 1000
     world.check(customer)
+
+
+_WRITTEN = (
+    "status",
+    "reversal_reason",
+    "reversal_status",
+    "reversal_attempts",
+    "reversal_last_error",
+    "reversal_dead_lettered",
+    "reversal_policy",
+    "reversal_shortfall",
+)
+
+
+def test_requests_decided_together_write_what_a_request_alone_writes(
+    db_factory: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # request_reversals writes rows with one UPDATE; request_reversal sets an Event's
+    # attributes. Twin events, one decided each way, must end alike, or be refused alike.
+    world = World.create(db_factory, {"reversal_window_days": 30})
+
+    def fresh() -> uuid.UUID:
+        return world.event(uuid.uuid4(), accumulate=[100])
+
+    def failed() -> uuid.UUID:
+        customer = uuid.uuid4()
+        earned = world.event(customer, accumulate=[100])
+        world.event(customer, redeem=[80])
+        assert world.reverse(earned, "fail") == "FAILED"  # the points were spent
+        return earned
+
+    def too_old() -> uuid.UUID:
+        event_id = fresh()
+        with unit_of_work(db_factory) as session:
+            session.get_one(Event, event_id).issued_at -= timedelta(days=31)
+        return event_id
+
+    def pending() -> uuid.UUID:
+        return world.submit(uuid.uuid4(), accumulate=[10])
+
+    cases = [
+        (fresh, None),
+        (fresh, "clamp"),
+        (failed, "negative"),
+        (too_old, None),
+        (pending, None),
+    ]
+    twins = [(make(), make(), policy) for make, policy in cases]
+    assert world.get(twins[2][0]).reversal_last_error  # what a new request must clear
+    _published(monkeypatch)
+
+    def alone(event_id: uuid.UUID, policy: str | None) -> int | tuple[str, str]:
+        try:
+            with unit_of_work(db_factory) as session:
+                return request_reversal(
+                    session, world.brand_id, event_id, "refund", shortfall=policy
+                ).status_code
+        except IntakeError as exc:
+            return exc.code, exc.message
+
+    by_one = [alone(event_id, policy) for event_id, _, policy in twins]
+    with unit_of_work(db_factory) as session:
+        together = request_reversals(
+            session,
+            [ReversalRequest(world.brand_id, twin, "refund", p) for _, twin, p in twins],
+            50,
+        )
+    by_all = [
+        (a.code, a.message) if isinstance(a, IntakeError) else a.status_code for a in together
+    ]
+    assert by_one == by_all == [202, 202, 202, by_one[3], by_one[4]]
+    assert by_one[3][0] == "reversal_window_passed"  # type: ignore[index]
+    assert by_one[4][0] == "not_reversible"  # type: ignore[index]
+    for first, second, policy in twins:
+        one, other = world.get(first), world.get(second)
+        assert [getattr(one, c) for c in _WRITTEN] == [getattr(other, c) for c in _WRITTEN]
+        assert (one.reversal_requested_at is None) == (other.reversal_requested_at is None)
+        if one.reversal_requested_at is not None and one.status == "PENDING":
+            assert other.reversal_policy == policy and other.reversal_last_error is None
+            assert other.queue_message_id != one.queue_message_id
+    world.check()

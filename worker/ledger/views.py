@@ -10,7 +10,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Row, select, text
 from sqlalchemy.orm import Session
 
 from worker.ledger.wallet import LIVE_STATES
@@ -170,8 +170,11 @@ def event_view(session: Session, event: Event) -> dict[str, Any]:
     return event_views(session, [event])[0]
 
 
-def event_views(session: Session, events: Sequence[Event]) -> list[dict[str, Any]]:
-    """`event_view` of each event, in order; their results read in one statement."""
+def event_views(session: Session, events: Sequence[Event | Row[Any]]) -> list[dict[str, Any]]:
+    """`event_view` of each event, in order; their results read in one statement.
+
+    An event may be given as its row of every column (worker.intake.request_reversals).
+    """
     if not events:
         return []
     session.flush()  # a textual statement does not autoflush; the ORM's queries did
@@ -182,7 +185,7 @@ def event_views(session: Session, events: Sequence[Event]) -> list[dict[str, Any
     return [_event_view(event, result) for event, result in zip(events, results, strict=True)]
 
 
-def _event_view(event: Event, result: Sequence[str]) -> dict[str, Any]:
+def _event_view(event: Event | Row[Any], result: Sequence[str]) -> dict[str, Any]:
     lines_json, txs_json, allocations_json, cards_json, tiers_json = result
     lines = [_row(line, _LINE_TIMES) for line in json.loads(lines_json)]
     redemptions = [
@@ -244,7 +247,7 @@ def _event_view(event: Event, result: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def reversal_view(event: Event) -> dict[str, Any] | None:
+def reversal_view(event: Event | Row[Any]) -> dict[str, Any] | None:
     if event.reversal_requested_at is None:
         return None
     return {
