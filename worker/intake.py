@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import ARRAY, Row, Text, Uuid, bindparam, func, inspect, null, select, update
+from sqlalchemy import ARRAY, Row, Text, Uuid, bindparam, func, inspect, select, update
 from sqlalchemy.orm import Session
 
 from worker.db import on_commit
@@ -295,8 +295,6 @@ _ACCEPT = (
     .values(
         {
             **accepting(_GIVEN.c.reason, _GIVEN.c.policy, bindparam("now")),
-            # SQL's NULL: a bound None would be JSON's `null` here.
-            "reversal_shortfall": null(),
             "queue_message_id": _GIVEN.c.message_id,
         }
     )

@@ -60,7 +60,10 @@ def one_of(column: Any, name: str) -> ColumnElement[bool]:
     parses and plans it again. With one array the text never changes, and PostgreSQL
     finds the rows by the same index (`IN (…)` is `= ANY (ARRAY[…])` to it).
     """
-    same: ColumnElement[bool] = column == any_(bindparam(name, type_=ARRAY(column.type)))
+    # Strings as text[]: a cast to varchar(n)[] would cut a longer value, which could
+    # then match a row holding its first n characters.
+    element = Text() if isinstance(column.type, String) else column.type
+    same: ColumnElement[bool] = column == any_(bindparam(name, type_=ARRAY(element)))
     return same
 
 
@@ -205,7 +208,9 @@ class Event(Base):
     reversal_last_error: Mapped[str | None] = mapped_column(Text)
     reversal_dead_lettered: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     reversal_policy: Mapped[str | None] = mapped_column(String(16))
-    reversal_shortfall: Mapped[dict[str, Any] | None]
+    # None is SQL's NULL, not JSON's `null`, whether the ORM writes it or an UPDATE does
+    # (worker.intake.request_reversals).
+    reversal_shortfall: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
 
     created_at: Mapped[datetime] = mapped_column(server_default=_now_default())
     # The sweeper's lease clock: bumped on every state change.

@@ -156,10 +156,16 @@ def decide_singles(
     try:
         with unit_of_work(factory) as session:
             answers = request_reversals(session, requests, batch_size, views=True)
-            rows = [a.event for a in answers if isinstance(a, Decided) and a.event is not None]
-            views = iter(event_views(session, rows))
+            # One view per event, found by id: an event named twice shows the same.
+            rows = {
+                a.event_id: a.event
+                for a in answers
+                if isinstance(a, Decided) and a.event is not None
+            }
+            views = dict(zip(rows, event_views(session, list(rows.values())), strict=True))
             return [
-                a if isinstance(a, IntakeError) else (a.status_code, next(views)) for a in answers
+                a if isinstance(a, IntakeError) else (a.status_code, views[a.event_id])
+                for a in answers
             ]
     except Exception as exc:
         if len(requests) == 1:
