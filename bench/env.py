@@ -25,6 +25,7 @@ import psycopg
 from worker.procs import alive, free_port, stop_group, wait_until
 
 BIN = Path(sys.executable).parent
+API_STARTED = b"Application startup complete"  # uvicorn's line, once per worker process
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,9 @@ class Bench:
             # refuse the load generator, which is one brand far above production rates.
             "RATE_LIMIT_PER_SECOND": "1000000",
             "RATE_LIMIT_BURST": "1000000",
+            # Production's level, whatever the caller's; start_api also reads the api's
+            # INFO lines to know that every worker is up.
+            "LOG_LEVEL": "INFO",
         }
 
     def close(self) -> None:
@@ -277,24 +281,32 @@ class Bench:
         import httpx
 
         port = free_port()
+        # `reversals api`'s default: one worker process per core (worker.cli).
+        workers = os.cpu_count() or 1
         if factory is None:
             cmd = self.reversals("api", "--host", "127.0.0.1", "--port", str(port))
         else:
             from worker.cli import _api_cmd
 
-            cmd = _api_cmd("127.0.0.1", port, os.cpu_count() or 1, factory)
+            cmd = _api_cmd("127.0.0.1", port, workers, factory)
+        log = self.workdir / "api.log"
+        before = log.stat().st_size if log.exists() else 0
         proc = self._spawn("api", cmd)
         base = f"http://127.0.0.1:{port}"
 
-        def healthy() -> bool:
+        def ready() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"the api exited; see {self.workdir / 'api.log'}")
+                raise RuntimeError(f"the api exited; see {log}")
+            # Every worker, not the first to answer: the load's connections stay with
+            # the workers that accepted them, and a worker still starting gets none.
+            started = log.read_bytes()[before:].count(API_STARTED)
             try:
-                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+                answered = httpx.get(f"{base}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
+            return answered and started >= workers
 
-        wait_until(healthy, 60, "the api to answer")
+        wait_until(ready, 60, f"the api's {workers} workers to answer")
         return proc, base
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 30) -> None:
