@@ -173,28 +173,51 @@ def revoke_api_key(session: Session, brand_id: uuid.UUID | None, prefix_or_id: s
 # Keys found live, per process, for KEY_LIVE_TTL seconds (docs/decisions.md, HTTP):
 # checking the key on every request was a transaction of its own (a pool checkout, a
 # ping, a SELECT and a COMMIT) for an answer that changes once in a key's life. Only
-# a live answer is remembered; a revoked or unknown key is looked up every time.
+# a live answer is remembered; a revoked or unknown key is looked up every time. A
+# key in use is looked up again before its answer lapses (api_stub.deps.principal).
 KEY_LIVE_TTL = 2.0
 _LIVE: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
 _LIVE_MAX = 4096
 _live_lock = threading.Lock()
+# Bumped by every forget: a look-up that began before a revocation made here must
+# not remember its (then stale) live answer after it.
+_generation = [0]
 
 
 def forget_live_keys() -> None:
     """Drop this process's liveness cache: a revocation made here applies at once."""
     with _live_lock:
         _LIVE.clear()
+        _generation[0] += 1
 
 
-def key_is_live_cached(principal: Principal) -> bool:
-    """True if the key was found live less than KEY_LIVE_TTL seconds ago in this process."""
+def forget_live_key(principal: Principal) -> None:
+    """Drop one key's live answer: a look-up found it revoked."""
+    with _live_lock:
+        _LIVE.pop((principal.key_id, principal.brand_id), None)
+
+
+def live_generation() -> int:
+    """Taken before a look-up, handed to `remember_live` after it."""
+    with _live_lock:
+        return _generation[0]
+
+
+def key_live_for(principal: Principal) -> float | None:
+    """How many seconds the key's live answer still holds in this process; None: none does."""
     with _live_lock:
         until = _LIVE.get((principal.key_id, principal.brand_id))
-    return until is not None and time.monotonic() < until
+    if until is None:
+        return None
+    left = until - time.monotonic()
+    return left if left > 0 else None
 
 
-def remember_live(principal: Principal) -> None:
+def remember_live(principal: Principal, generation: int) -> None:
+    """Remember a live answer from a look-up that began at `generation` (live_generation)."""
     with _live_lock:
+        if generation != _generation[0]:
+            return  # a revocation here since the look-up began: it may be stale
         if len(_LIVE) >= _LIVE_MAX:
             _LIVE.clear()
         _LIVE[(principal.key_id, principal.brand_id)] = time.monotonic() + KEY_LIVE_TTL

@@ -7,8 +7,18 @@ published, and threads taking turns on the GIL at every round trip (README,
 "Where the time goes"). Here the requests an api process has waiting are handed,
 as one list, to a `decide` function that runs in the threadpool and answers each
 of them; the process runs one such list at a time, and whatever arrives meanwhile
-waits for the next. Under light load a list is one request, decided at once; under
-load the lists grow, and the per-request costs are paid once per list.
+waits for the next. Under light load a list is one request; under load the lists
+grow, and the per-request costs are paid once per list.
+
+A list starts once the requests stop arriving: when no new one has come for
+QUIET seconds, LINGER at most since the list could have started. Started at once,
+as it used to be, a list took the first requests of a burst and left the rest for
+the next one; under steady load a process's requests then split into groups that
+took turns, each waiting for the other's list as well as its own (lists of 14 then
+1, 11 then 4, ... in the bench's intake). Gathered, they stay one list per round:
+in the bench's intake, 16 requests a list instead of 1 to 16, a third less CPU per
+request and a p99 near the median (README, "Where the time goes"). A request alone
+waits QUIET for company that does not come.
 
 `decide` answers every request, in order, with its result or the exception to
 raise for it; the request's own coroutine raises it, so the app's exception handlers
@@ -23,6 +33,9 @@ from typing import Generic, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
+QUIET = 0.002  # seconds without a new request before the list starts
+LINGER = 0.03  # seconds at most a list waits for more
+
 Request = TypeVar("Request")
 Result = TypeVar("Result")
 
@@ -32,10 +45,14 @@ class Coalescer(Generic[Request, Result]):
         self,
         decide: Callable[[list[Request]], Sequence[Result | Exception]],
         limit: int,
+        *,
+        quiet: float = QUIET,
+        linger: float = LINGER,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be 1 or more, not {limit}")
         self._decide, self._limit = decide, limit
+        self._quiet, self._linger = quiet, linger
         # Per event loop, the requests waiting for the next list, while one is being
         # decided (no entry: none is). Keyed by loop so that an app served by several
         # loops (a test client's, one after another) never resolves a future of another.
@@ -57,6 +74,23 @@ class Coalescer(Generic[Request, Result]):
         waiting.append((request, future))
         return await future
 
+    async def _gather(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiting: list[tuple[Request, asyncio.Future[Result]]],
+    ) -> None:
+        """Wait while requests keep arriving (see the module's doc), or until the list is full."""
+        deadline = loop.time() + self._linger
+        seen = len(waiting)
+        while seen < self._limit:
+            left = deadline - loop.time()
+            if left <= 0 or self._quiet <= 0:
+                return
+            await asyncio.sleep(min(self._quiet, left))
+            if len(waiting) == seen:
+                return
+            seen = len(waiting)
+
     async def _drain(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -65,6 +99,7 @@ class Coalescer(Generic[Request, Result]):
         batch: list[tuple[Request, asyncio.Future[Result]]] = []
         try:
             while waiting:
+                await self._gather(loop, waiting)
                 batch = waiting[: self._limit]
                 del waiting[: self._limit]
                 outcomes = await run_in_threadpool(self._decide, [r for r, _ in batch])

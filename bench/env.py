@@ -36,7 +36,9 @@ class Scale:
     drain: int
     bulk: int
     intake_seconds: float
-    intake_pool: int  # distinct events ready for intake; the phase stops early if it runs out
+    # Distinct events ready for intake, for 2,000/s or more over the phase's time: it
+    # stops early if it runs out, and the run is then incomplete (bench.report.problems).
+    intake_pool: int
     e2e_rate: float
     e2e_seconds: float
     line_sizes: tuple[int, ...]
@@ -55,7 +57,7 @@ FULL = Scale(
     drain=5000,
     bulk=5000,
     intake_seconds=20,
-    intake_pool=10000,
+    intake_pool=40_000,
     e2e_rate=100,
     e2e_seconds=20,
     line_sizes=(1, 10, 100, 1000),
@@ -72,7 +74,7 @@ QUICK = Scale(
     drain=500,
     bulk=500,
     intake_seconds=5,
-    intake_pool=3000,
+    intake_pool=12_000,
     e2e_rate=30,
     e2e_seconds=5,
     line_sizes=(1, 10, 100),

@@ -82,6 +82,12 @@ def problems(results: dict[str, Any]) -> list[str]:
         bad = {k: v for k, v in statuses.items() if k not in ("202", "429")}
         if bad:
             found.append(f"{phase.replace('_', ' ')}: unexpected statuses {bad}")
+        if results[phase].get("ran_out_of_events"):
+            # Its rate is still right, but over less than the phase's time.
+            found.append(
+                f"{phase.replace('_', ' ')}: ran out of events after "
+                f"{results[phase]['seconds']:.1f} s (the scale's intake_pool is too small)"
+            )
     return found
 
 

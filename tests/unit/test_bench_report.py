@@ -13,8 +13,8 @@ COMPLETE: dict[str, Any] = {
     "drain": {"n": 5, "outcomes": {"REVERSED": 5}},
     "bulk": {"n": 5, "outcomes": {"REVERSED": 5}},
     "e2e": {"requests": 3, "reversed": 3},
-    "intake": {"statuses": {"202": 40, "429": 2}},
-    "intake_floor": {"statuses": {"202": 90}},
+    "intake": {"statuses": {"202": 40, "429": 2}, "seconds": 20.0, "ran_out_of_events": False},
+    "intake_floor": {"statuses": {"202": 90}, "seconds": 20.0, "ran_out_of_events": False},
 }
 
 
@@ -30,8 +30,10 @@ def test_a_missing_figure_or_an_unfinished_phase_is_a_problem() -> None:
     broken["e2e"]["reversed"] = 2
     broken["intake"]["statuses"]["500"] = 1
     broken["intake_floor"]["statuses"]["401"] = 3
+    broken["intake"].update(ran_out_of_events=True, seconds=11.7)
     found = problems(broken)
-    assert len(found) == 6, found
+    assert len(found) == 7, found
+    assert "intake: ran out of events after 11.7 s" in " ".join(found)
     assert any("intake_p99_ms" in p for p in found)
     assert any(p.startswith("bulk:") for p in found)
     assert any(p.startswith("intake floor:") for p in found)

@@ -102,3 +102,49 @@ def test_loops_one_after_another_each_get_their_own_lists() -> None:
 def test_a_limit_below_one_is_refused(limit: int) -> None:
     with pytest.raises(ValueError, match="limit"):
         Coalescer(Decider(), limit=limit)
+
+
+def test_a_list_waits_while_requests_keep_arriving_and_starts_at_a_quiet_moment() -> None:
+    decide = Decider()
+    coalescer = Coalescer(decide, limit=50, quiet=0.1, linger=5)
+
+    async def main() -> None:
+        waiting = []
+        for n in (1, 2, 3):  # a burst: each well within `quiet` of the last
+            waiting.append(asyncio.ensure_future(coalescer.submit(n)))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)  # quiet: the list of three has started
+        waiting.append(asyncio.ensure_future(coalescer.submit(4)))
+        await asyncio.gather(*waiting)
+
+    asyncio.run(main())
+    assert decide.lists == [[1, 2, 3], [4]]
+
+
+def test_a_list_waits_no_longer_than_linger_however_steady_the_arrivals() -> None:
+    decide = Decider()
+    coalescer = Coalescer(decide, limit=50, quiet=0.2, linger=0.15)
+
+    async def main() -> None:
+        waiting = []
+        for n in range(12):  # one every 50 ms for 0.6 s, never quiet for 0.2 s
+            waiting.append(asyncio.ensure_future(coalescer.submit(n)))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*waiting)
+
+    asyncio.run(main())
+    assert sorted(n for numbers in decide.lists for n in numbers) == list(range(12))
+    # The first list started after about 0.15 s: it did not wait for all twelve.
+    assert 2 <= len(decide.lists[0]) < 12, decide.lists
+
+
+def test_a_full_list_starts_without_waiting() -> None:
+    decide = Decider()
+    coalescer = Coalescer(decide, limit=2, quiet=10, linger=10)
+
+    async def main() -> list[int]:
+        both = asyncio.gather(coalescer.submit(1), coalescer.submit(2))
+        return list(await asyncio.wait_for(both, timeout=5))
+
+    assert asyncio.run(main()) == [2, 4]
+    assert decide.lists == [[1, 2]]
