@@ -296,9 +296,10 @@ def bulk_drain(
 
 # 3. intake
 
-# The load generator shares the machine with what it measures: aiohttp's client
-# costs a fraction of httpx's CPU per request (httpx's pool scans every connection
-# on each request), so the api, not the client, sets the pace. One body for all.
+# The end to end's and the bulk drain's client: aiohttp, which costs a fraction of
+# httpx's CPU per request (httpx's pool scans every connection on each request). The
+# intake's load, which the api answers as fast as it can, has its own leaner client
+# (bench.load). One body for all.
 REVERSE_BODY = json.dumps({"reason": REASON}).encode()
 
 
@@ -327,35 +328,49 @@ async def _intake(
     *,
     path: Callable[[uuid.UUID], str],
 ) -> dict[str, Any]:
-    import aiohttp
+    from urllib.parse import urlsplit
 
+    from bench.load import BadAnswer, Connection, post
+
+    url = urlsplit(base)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
     pool = iter(ids)
     latencies: list[float] = []
     statuses: dict[str, int] = {}
-    async with _client(base, token, limit=concurrency, timeout=30) as http:
-        started = time.perf_counter()
-        deadline = started + seconds
-        ran_out = False
+    started = time.perf_counter()
+    deadline = started + seconds
+    ran_out = False
 
-        async def user() -> None:
-            nonlocal ran_out
+    async def user() -> None:
+        nonlocal ran_out
+        connection: Connection | None = None
+        try:
             while time.perf_counter() < deadline:
                 event_id = next(pool, None)
                 if event_id is None:
                     ran_out = True
                     return
+                request = post(host, port, path(event_id), token, REVERSE_BODY)
+                # From before the connection is opened, if it must be: as a client's
+                # first request on a new connection would be.
                 t = time.perf_counter()
                 try:
-                    async with http.post(path(event_id), data=REVERSE_BODY) as answer:
-                        await answer.read()
-                        status = str(answer.status)
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                    if connection is None:
+                        connection = await Connection.open(host, port)
+                    status = str(await connection.send(request))
+                except (OSError, BadAnswer, TimeoutError) as exc:
                     status = type(exc).__name__
+                    if connection is not None:
+                        connection.close()
+                    connection = None
                 latencies.append(time.perf_counter() - t)
                 statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            if connection is not None:
+                connection.close()
 
-        await asyncio.gather(*(user() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     accepted = statuses.get("202", 0)
     return {
         "seconds": elapsed,
