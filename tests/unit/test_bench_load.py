@@ -6,6 +6,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import pytest
 
@@ -103,7 +104,8 @@ def test_the_intake_counts_each_status_and_opens_a_new_connection_after_a_failur
             f"http://127.0.0.1:{port}", "tok", ids, 1, 30, path=lambda e: f"/e/{e}/reverse"
         )
 
-    found, seen = asyncio.run(_serve(answer, run))
+    result, seen = asyncio.run(_serve(answer, run))
+    found = cast(dict[str, object], result)
     assert found["ran_out_of_events"] is True  # 30 ids, well before 30 s
     assert found["requests"] == 30 == len(seen)
     assert found["statuses"] == {"202": 23, "429": 6, "ConnectionResetError": 1}
