@@ -43,11 +43,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        too_big = error_response(
-            413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes"
-        )
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await too_big(scope, receive, send)
+            await self._too_big()(scope, receive, send)
             return
         seen = 0
 
@@ -62,7 +59,12 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooBig:
-            await too_big(scope, receive, send)
+            await self._too_big()(scope, receive, send)
+
+    def _too_big(self) -> ASGIApp:
+        # Built when needed: rendering it for every request cost a JSON encoding each.
+        message = f"request body is larger than {self.max_bytes} bytes"
+        return error_response(413, "payload_too_large", message)
 
 
 class _TooBig(StarletteHTTPException):
