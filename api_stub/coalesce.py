@@ -16,8 +16,8 @@ as it used to be, a list took the first requests of a burst and left the rest fo
 the next one; under steady load a process's requests then split into groups that
 took turns, each waiting for the other's list as well as its own (lists of 14 then
 1, 11 then 4, ... in the bench's intake). Gathered, they stay one list per round:
-in the bench's intake, 16 requests a list instead of 1 to 16, a third less CPU per
-request and a p99 near the median (README, "Where the time goes"). A request alone
+in the bench's intake, 15 to 19 requests a list instead of 1 to 16, and a fifth
+less of the api's CPU per request (README, "Where the time goes"). A request alone
 waits QUIET for company that does not come.
 
 `decide` answers every request, in order, with its result or the exception to
