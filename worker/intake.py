@@ -267,18 +267,18 @@ _DECIDING = (
 )
 
 
-def _requested(*columns: Any) -> Any:
-    """The requested events' `columns` with their brands' settings, locked in id order."""
-    return (
-        select(*columns, Brand.settings.label("brand_settings"))
-        .join_from(Event, Brand, Brand.id == Event.brand_id)
-        .where(one_of(Event.id, "event_ids"), one_of(Event.brand_id, "brand_ids"))
-        .order_by(Event.id)
-        .with_for_update(of=Event)
-    )
-
-
-_REQUESTED, _REQUESTED_WHOLE = _requested(*_DECIDING), _requested(*_EVENT_COLUMNS)
+# The requested events' deciding columns with their brands' settings, locked in id order.
+_REQUESTED = (
+    select(*_DECIDING, Brand.settings.label("brand_settings"))
+    .join_from(Event, Brand, Brand.id == Event.brand_id)
+    .where(one_of(Event.id, "event_ids"), one_of(Event.brand_id, "brand_ids"))
+    .order_by(Event.id)
+    .with_for_update(of=Event)
+)
+# Every column of events found already reversed or in flight, for answers that show
+# them (the accepted ones come back from their UPDATE): reading every column of every
+# requested event up front decoded the accepted ones' JSON twice.
+_WHOLE = select(*_EVENT_COLUMNS).where(one_of(Event.id, "event_ids"))
 _GIVEN = (
     func.unnest(
         bindparam("accepted_ids", type_=ARRAY(Uuid)),
@@ -316,11 +316,12 @@ def request_reversals(
     sharing events cannot deadlock, and the accepted ones written by one statement. A
     refused item (its IntakeError, in its place in the answer) changes nothing. The
     accepted events travel in batches: at most `batch_size` events of one brand per
-    message, each published once the transaction commits. With `views`, the rows
-    hold every column, for answers that show the whole event.
+    message, each published once the transaction commits. With `views`, each answer
+    carries its event's row of every column, as it now reads, for answers that show
+    the whole event.
     """
     found = session.execute(
-        _REQUESTED_WHOLE if views else _REQUESTED,
+        _REQUESTED,
         {
             "event_ids": list({r.event_id for r in requests}),
             "brand_ids": list({r.brand_id for r in requests}),
@@ -355,6 +356,7 @@ def request_reversals(
             answers.append(Decided(202, row.id, batch[0], None))
         else:
             answers.append(Decided(answer, row.id, row.queue_message_id, None))
+    whole: dict[uuid.UUID, Row[Any]] = {}
     if accepted:
         written = session.execute(
             _ACCEPT_RETURNING if views else _ACCEPT,
@@ -367,14 +369,26 @@ def request_reversals(
             },
         )
         if views:
-            rows.update((row.id, row) for row in written)
+            whole.update((row.id, row) for row in written)
     for batch in batches.values():
         _publish_after_commit(session, *batch)
-    if views:
-        return [
-            a if isinstance(a, IntakeError) else a._replace(event=rows[a.event_id]) for a in answers
-        ]
-    return answers
+    return _with_rows(session, answers, whole) if views else answers
+
+
+def _with_rows(
+    session: Session, answers: list[Decided | IntakeError], whole: dict[uuid.UUID, Row[Any]]
+) -> list[Decided | IntakeError]:
+    """The answers with their events' rows: `whole` holds the accepted ones' (from their
+    UPDATE); the others, already reversed or in flight, are read here."""
+    standing_ids = [
+        a.event_id for a in answers if isinstance(a, Decided) and a.event_id not in whole
+    ]
+    if standing_ids:
+        found = session.execute(_WHOLE, {"event_ids": standing_ids}).all()
+        whole.update((row.id, row) for row in found)
+    return [
+        a if isinstance(a, IntakeError) else a._replace(event=whole[a.event_id]) for a in answers
+    ]
 
 
 def _publish_after_commit(session: Session, message_id: str, event_ids: list[uuid.UUID]) -> None:
