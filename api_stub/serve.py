@@ -19,7 +19,7 @@ import argparse
 import logging
 import socket
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -30,6 +30,7 @@ from worker.logs import configure
 from worker.settings import get_settings
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot bind (uvicorn.server)
+_Socket = TypeVar("_Socket", bound=socket.socket)
 logger = logging.getLogger("uvicorn.error")  # where uvicorn logs its own start
 
 
@@ -57,7 +58,11 @@ class ReusePort(socket.socket):
 def _listener(family: int, address: tuple[Any, ...]) -> socket.socket:
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name it
     # (uvloop, the default loop here, sets it on every TCP connection anyway).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    return _bound(socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP), address)
+
+
+def _bound(sock: _Socket, address: tuple[Any, ...]) -> _Socket:
+    """`sock` bound to `address` as a member of its SO_REUSEPORT group."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
@@ -69,11 +74,7 @@ def hold(host: str, port: int) -> ReusePort:
     family, _, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    sock = ReusePort(family, socket.SOCK_STREAM, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
+    return _bound(ReusePort(family, socket.SOCK_STREAM, proto), address)
 
 
 def main(argv: list[str] | None = None) -> None:
