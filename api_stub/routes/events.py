@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic_core import to_jsonable_python
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -34,7 +34,7 @@ from worker.intake import (
     request_reversal,
     request_reversals,
 )
-from worker.ledger.views import event_view, event_views
+from worker.ledger.views import event_documents, event_view
 from worker.models import IdempotencyKey
 from worker.settings import get_settings
 
@@ -43,6 +43,12 @@ router = APIRouter(prefix="/behavior/events")
 
 def _json(status: int, data: Any) -> JSONResponse:
     return JSONResponse({"data": data}, status_code=status)
+
+
+def _json_document(status: int, document: str) -> Response:
+    """`_json` of data already written as JSON text."""
+    body = f'{{"data":{document}}}'.encode()
+    return Response(body, status_code=status, media_type="application/json")
 
 
 @router.post("", status_code=202, responses=docs.RECORD_EVENT)
@@ -115,21 +121,21 @@ async def reverse(
     idempotency_key: Annotated[
         str | None, Header(max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
     ] = None,
-) -> JSONResponse:
+) -> Response:
     if idempotency_key is not None or body.dry_run:
         # A stored answer to replay, or a reversal worked out and thrown away: alone.
         return await run_in_threadpool(
             _reverse_alone, event_id, body, request, who, idempotency_key
         )
-    status, view = await singles_of(request).submit(
+    status, document = await singles_of(request).submit(
         ReversalRequest(who.brand_id, event_id, body.reason, body.shortfall)
     )
     if status == 202:
         REVERSALS_ACCEPTED.inc()
-    return _json(status, view)
+    return _json_document(status, document)
 
 
-Single = tuple[int, dict[str, Any]]  # a single request's status and event view
+Single = tuple[int, str]  # a single request's status and event view, as JSON text
 
 
 def singles_of(request: Request) -> Coalescer[ReversalRequest, Single]:
@@ -148,10 +154,11 @@ def decide_singles(
 ) -> list[Single | Exception]:
     """Single requests that arrived together, decided in one transaction (api_stub.coalesce).
 
-    Each answers as if alone: its 202 or 200 with the event, or its IntakeError. The
-    accepted events travel in batch messages, as a bulk request's do. Should the
-    transaction fail (the database gone, say), each request is tried again alone, in
-    its own transaction, so that one request's failure is never another's.
+    Each answers as if alone: its 202 or 200 with the event (as JSON text), or its
+    IntakeError. The accepted events travel in batch messages, as a bulk request's
+    do. Should the transaction fail (the database gone, say), each request is tried
+    again alone, in its own transaction, so that one request's failure is never
+    another's.
     """
     try:
         with unit_of_work(factory) as session:
@@ -162,7 +169,7 @@ def decide_singles(
                 for a in answers
                 if isinstance(a, Decided) and a.event is not None
             }
-            views = dict(zip(rows, event_views(session, list(rows.values())), strict=True))
+            views = dict(zip(rows, event_documents(session, list(rows.values())), strict=True))
             return [
                 a if isinstance(a, IntakeError) else (a.status_code, views[a.event_id])
                 for a in answers

@@ -16,9 +16,17 @@ from sqlalchemy.orm import Session
 
 from tests.support import World
 from worker.db import unit_of_work
-from worker.ledger.views import campaign_names, event_views, iso, line_view, transaction_view
+from worker.ledger.views import (
+    campaign_names,
+    event_documents,
+    event_views,
+    iso,
+    line_view,
+    transaction_view,
+)
 from worker.models import (
     Allocation,
+    Campaign,
     Event,
     GiftCard,
     Line,
@@ -102,11 +110,26 @@ def test_the_result_parts_are_what_the_python_formats_make_of_the_rows(
     reversed_ = world.event(customer, accumulate=[200, 70], gift_cards=1)
     world.reverse(reversed_)  # negative transactions, reverses_id, a voided card, tiers back
     pending = world.submit(customer, accumulate=[10])  # nothing applied yet
+    with unit_of_work(db_factory) as session:
+        # Text that JSON must escape, or that is not ASCII, in the event's own fields
+        # and in a part PostgreSQL builds (a transaction's campaign name).
+        odd = 'Été "vingt" \\ ☃ \u2028\n'
+        session.execute(
+            update(Campaign).where(Campaign.brand_id == world.brand_id).values(name=odd)
+        )
+        session.execute(update(Event).where(Event.id == spent).values(data={odd: [odd]}, error=odd))
     ids = [earned, spent, reversed_, pending, earned]  # one twice: its view twice
     with unit_of_work(db_factory) as session:
         events = [session.get_one(Event, event_id) for event_id in ids]
         views = event_views(session, events)
+        documents = event_documents(session, events)
         expected = [_expected(session, event) for event in events]
+    # The answers' JSON text (the single reversal's 202) is the view, key for key, in order.
+    for document, view in zip(documents, views, strict=True):
+        assert json.dumps(json.loads(document)) == json.dumps(view)
+    assert views[1]["data"] == {odd: [odd]} and views[1]["error"] == odd
+    names = {t["attributes"]["campaign_name"] for t in views[1]["result"]["transactions"]}
+    assert names == {odd}
     for view, want in zip(views, expected, strict=True):
         got = {part: view["result"][part] for part in want}
         # Compared as JSON text: the same values, types and order (87.5, not "87.50").
