@@ -16,10 +16,12 @@ from worker.models import Event
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
-    """Whatever a test freezes is collectable again afterwards."""
+    """Whatever a test freezes is collectable again afterwards, at the same pace."""
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 class Node:
@@ -40,6 +42,21 @@ def test_freezing_sets_aside_what_exists_and_still_collects_what_comes_after() -
     gc.collect()
     assert gone() is None  # garbage made after the freeze is collected
     assert kept() is not None  # what was frozen is never collected
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_after_the_freeze_cycles_are_collected_less_often_but_without_being_asked() -> None:
+    heap.freeze()
+    assert gc.get_threshold() == heap.THRESHOLDS
+    assert gc.isenabled()
+    cycle = Node()
+    gone = weakref.ref(cycle)
+    del cycle
+    kept: list[list[int]] = [[] for _ in range(heap.THRESHOLDS[0] // 2)]  # under the threshold
+    assert gone() is not None  # no collection yet: less often than CPython's 700
+    kept += [[] for _ in range(heap.THRESHOLDS[0])]  # past it: the young generation
+    assert gone() is None
+    assert len(kept) > heap.THRESHOLDS[0]
 
 
 def test_a_worker_freezes_before_forking_and_in_each_pool_process(
