@@ -87,8 +87,8 @@ def test_a_reversal_request_is_one_read_and_one_write(world: World, engine: Any)
 # once for all of them, none per event: the events with their brands, every
 # customer's wallets, their lines in debt, the events' lines, the allocations, the
 # gift cards, the settlements; and at the commit the transactions in one statement
-# (worker.ledger.journal), then one statement per table updated (worker.ledger.
-# together: gift cards, lines, wallets), then the events (the ORM's flush).
+# (worker.ledger.journal), then one statement per table updated, in table order
+# (worker.ledger.together: events, gift cards, lines, wallets).
 BATCH_WORK = (
     "SELECT events.id,",
     "SELECT wallets.customer_id,",
@@ -98,10 +98,10 @@ BATCH_WORK = (
     "SELECT gift_cards.id,",
     "SELECT settlements.id,",
     "INSERT INTO",
+    "UPDATE events",
     "UPDATE gift_cards",
     "UPDATE lines",
     "UPDATE wallets",
-    "UPDATE events",
 )
 
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, select
+from sqlalchemy import JSON, delete, event, func, select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -176,6 +176,71 @@ def test_what_cannot_go_together_is_left_to_the_orm(world: World) -> None:
         )
     with world.factory() as session:
         assert sorted(ln.amount - ln.remaining for ln in _lines(session, earned)) == [5, 7]
+
+
+def _stored_json(session: Session, event_id: uuid.UUID) -> tuple[Any, ...]:
+    """The JSON columns as PostgreSQL holds them: SQL NULL and JSON's null told apart."""
+    return session.execute(
+        select(
+            Event.reversal_shortfall.is_(None),
+            func.jsonb_typeof(Event.reversal_shortfall),
+            Event.reversal_shortfall,
+            Event.result_wallet.is_(None),
+            func.jsonb_typeof(Event.result_wallet),
+            Event.result_wallet,
+            Event.status,
+        ).where(Event.id == event_id)
+    ).one()
+
+
+def test_events_json_is_written_as_the_orm_writes_it(world: World) -> None:
+    customer = uuid.uuid4()
+    together_ids = [world.event(customer, accumulate=[10]) for _ in range(3)]
+    orm_ids = [world.event(customer, accumulate=[10]) for _ in range(3)]
+    shortfall = {"policy": "clamp", "note": 'é "quoted" \u2028 \\ line', "lines": [{"n": 3}]}
+    # (reversal_shortfall, whose None is SQL NULL; result_wallet, whose None is JSON null)
+    changes = [(shortfall, None), (None, {"x": [1, 2.5, True]}), (None, None)]
+    with world.factory() as session, session.begin():
+        # Read first: a read flushes what is pending.
+        events = {
+            e.id: e for e in session.scalars(select(Event).where(Event.customer_id == customer))
+        }
+        updates = _updates(session)
+        for ids, by_orm in ((together_ids, False), (orm_ids, True)):
+            for event_id, (given, wallet) in zip(ids, changes, strict=True):
+                event_ = events[event_id]
+                event_.reversal_shortfall = given
+                event_.result_wallet = wallet
+                event_.status = "REVERSED"
+                if by_orm:
+                    # A SQL expression as a value: the whole object is the ORM's.
+                    event_.attempts = Event.attempts + 0
+        session.flush()
+        # One statement for the three, whatever their values; the ORM's one per event.
+        assert updates == ["UPDATE events AS", *["UPDATE events SET"] * 3]
+    with world.factory() as session:
+        for ours, orms in zip(together_ids, orm_ids, strict=True):
+            assert _stored_json(session, ours) == _stored_json(session, orms)
+        stored = [_stored_json(session, event_id) for event_id in together_ids]
+    assert stored[0][:3] == (False, "object", shortfall)
+    assert stored[0][3:5] == (False, "null")  # None where none_as_null is off: JSON's null
+    assert stored[1][:2] == (True, None)  # None where it is on: SQL NULL
+    assert stored[1][5] == {"x": [1, 2.5, True]}
+    world.check(customer)
+
+
+def test_a_json_sentinel_is_left_to_the_orm(world: World) -> None:
+    customer = uuid.uuid4()
+    earned = world.event(customer, accumulate=[10])
+    with world.factory() as session, session.begin():
+        updates = _updates(session)
+        event_ = session.get_one(Event, earned)
+        # SQLAlchemy's own way to say JSON's null (a sentinel, not a mapped value type).
+        event_.result_wallet = JSON.NULL  # type: ignore[assignment]
+        session.flush()
+        assert updates == ["UPDATE events SET"]
+    with world.factory() as session:
+        assert _stored_json(session, earned)[3:5] == (False, "null")
 
 
 def test_a_savepoint_rolled_back_takes_the_updates_with_it(world: World) -> None:

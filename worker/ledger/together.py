@@ -13,14 +13,19 @@ much).
 
 Two users:
 - the journal inserts its waiting transactions with `insert`;
-- then, at every flush, the ORM's UPDATEs of lines, wallets and gift cards (the
-  rows a reversal changes several of) are sent here, one statement per table
-  and set of changed columns, and the objects are marked as saved; the ORM
-  flushes the rest as usual (the events among them).
+- then, at every flush, the ORM's UPDATEs of lines, wallets, gift cards and
+  events (the rows a reversal changes several of, and a bulk batch's events) are
+  sent here, one statement per table and set of changed columns, and the objects
+  are marked as saved; the ORM flushes the rest as usual.
 
-Only plain scalar columns go this way (uuid, integer, numeric, string, boolean,
-timestamp). An object with any other change (JSON, a primary key, a SQL
-expression as a value) is left to the ORM whole.
+Only plain columns go this way: uuid, integer, numeric, string, boolean,
+timestamp, and JSON holding plain JSON values, written as the ORM writes them
+(None is SQL NULL in a column that says `none_as_null`, JSON's null in any
+other). An object with any other change (a primary key, a SQL expression or a
+sentinel as a value) is left to the ORM whole. The events came last: their
+UPDATEs, one per event with its JSON results, were an eighth of a bulk batch's
+flush; as one statement, a bulk reversal's CPU fell by about 5%, the worker's
+and PostgreSQL's alike (in one process, the two taking turns).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import Column, Table, inspect
 from sqlalchemy import types as sa
 from sqlalchemy.dialects import postgresql
@@ -38,13 +44,14 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.elements import ClauseElement
 
-from worker.models import GiftCard, Line, Wallet
+from worker.models import Event, GiftCard, Line, Wallet
 
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call] # SQLAlchemy's dialects are untyped
-_SCALAR = (sa.Uuid, sa.Integer, sa.Numeric, sa.String, sa.Boolean, sa.DateTime)
+_SCALAR = (sa.Uuid, sa.Integer, sa.Numeric, sa.String, sa.Boolean, sa.DateTime, sa.JSON)
+_JSON_VALUES = (dict, list, str, float, bool)  # what json.dumps writes as it is, and int
 
-# The tables whose rows a ledger operation updates several at a time.
-UPDATED_TOGETHER: tuple[type[Any], ...] = (Line, Wallet, GiftCard)
+# The tables whose rows a ledger operation (or a bulk batch) updates several at a time.
+UPDATED_TOGETHER: tuple[type[Any], ...] = (Line, Wallet, GiftCard, Event)
 
 
 def _quote(name: str) -> str:
@@ -111,6 +118,18 @@ class _Plain:
         # Attribute key → column name (the same in this project's models, not in general).
         self.column = {prop.key: prop.columns[0].name for prop in mapper.column_attrs}
         self.key_columns = tuple(self.column[key] for key in self.keys)
+        # JSON attributes, and whether None is SQL NULL in each (else JSON's null).
+        self.json: dict[str, bool] = {}
+        for prop in mapper.column_attrs:
+            kind = prop.columns[0].type
+            if len(prop.columns) == 1 and isinstance(kind, sa.JSON):
+                self.json[prop.key] = kind.none_as_null
+
+    def value(self, key: str, value: Any) -> Any:
+        """The value as psycopg sends it in the column's array."""
+        if key not in self.json or (value is None and self.json[key]):
+            return value
+        return Jsonb(value)
 
 
 _PLAIN: dict[type[Any], _Plain] = {}
@@ -129,7 +148,14 @@ def _changed(state: InstanceState[Any], plain: _Plain) -> tuple[str, ...] | None
         return None
     if any(isinstance(state.dict[key], ClauseElement) for key in changed):
         return None
+    if any(not _plain_json(state.dict[key]) for key in changed if key in plain.json):
+        return None  # JSON.NULL, null() and the like: the ORM knows what they mean
     return changed
+
+
+def _plain_json(value: Any) -> bool:
+    # An int exactly: SQLAlchemy's sentinels (JSON.NULL) are ints too.
+    return value is None or type(value) is int or isinstance(value, _JSON_VALUES)
 
 
 def update(connection: Connection, states: Iterable[InstanceState[Any]]) -> None:
@@ -148,7 +174,10 @@ def update(connection: Connection, states: Iterable[InstanceState[Any]]) -> None
         plain = _plain(cls)
         members.sort(key=lambda state: tuple(state.dict[key] for key in plain.keys))
         columns = tuple(plain.column[key] for key in changed)
-        params = tuple([state.dict[key] for state in members] for key in (*plain.keys, *changed))
+        params = tuple(
+            [plain.value(key, state.dict[key]) for state in members]
+            for key in (*plain.keys, *changed)
+        )
         statement = update_statement(plain.table, plain.key_columns, columns)
         result = connection.exec_driver_sql(statement, params)
         if result.rowcount != len(members):
