@@ -48,7 +48,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from worker.models import Event, GiftCard, Line, Wallet
 
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call] # SQLAlchemy's dialects are untyped
-_SCALAR = (sa.Uuid, sa.Integer, sa.Numeric, sa.String, sa.Boolean, sa.DateTime, sa.JSON)
+_PLAIN_TYPES = (sa.Uuid, sa.Integer, sa.Numeric, sa.String, sa.Boolean, sa.DateTime, sa.JSON)
 _JSON_VALUES = (dict, list, str, float, bool)  # JSON's own types; int apart (_plain_json)
 
 # The tables whose rows a ledger operation (or a bulk batch) updates several at a time.
@@ -104,18 +104,18 @@ def update_statement(table: Table, keys: tuple[str, ...], changed: tuple[str, ..
 
 
 class _Plain:
-    """What a mapped class can have updated together: its table, key and scalar columns."""
+    """What a mapped class can have updated together: its table, key and plain columns."""
 
     def __init__(self, mapper: Mapper[Any]) -> None:
         self.table: Table = mapper.local_table  # type: ignore[assignment] # a plain table, not a join
         self.keys = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
-        scalar = {
+        plain = {
             prop.key
             for prop in mapper.column_attrs
-            if len(prop.columns) == 1 and isinstance(prop.columns[0].type, _SCALAR)
+            if len(prop.columns) == 1 and isinstance(prop.columns[0].type, _PLAIN_TYPES)
         }
         # Keys are what rows are found by, never what is set.
-        self.settable = frozenset(scalar - set(self.keys))
+        self.settable = frozenset(plain - set(self.keys))
         # Attribute key → column name (the same in this project's models, not in general).
         self.column = {prop.key: prop.columns[0].name for prop in mapper.column_attrs}
         self.key_columns = tuple(self.column[key] for key in self.keys)
@@ -126,11 +126,13 @@ class _Plain:
             if len(prop.columns) == 1 and isinstance(kind, sa.JSON):
                 self.json[prop.key] = kind.none_as_null
 
-    def value(self, key: str, value: Any) -> Any:
-        """The value as psycopg sends it in the column's array."""
-        if key not in self.json or (value is None and self.json[key]):
-            return value
-        return Jsonb(value)
+    def column_values(self, key: str, members: Sequence[InstanceState[Any]]) -> list[Any]:
+        """The members' values of one attribute, as psycopg sends them in its array."""
+        values = [state.dict[key] for state in members]
+        if key not in self.json:
+            return values
+        none_as_null = self.json[key]
+        return [None if v is None and none_as_null else Jsonb(v) for v in values]
 
 
 _PLAIN: dict[type[Any], _Plain] = {}
@@ -175,10 +177,7 @@ def update(connection: Connection, states: Iterable[InstanceState[Any]]) -> None
         plain = _plain(cls)
         members.sort(key=lambda state: tuple(state.dict[key] for key in plain.keys))
         columns = tuple(plain.column[key] for key in changed)
-        params = tuple(
-            [plain.value(key, state.dict[key]) for state in members]
-            for key in (*plain.keys, *changed)
-        )
+        params = tuple(plain.column_values(key, members) for key in (*plain.keys, *changed))
         statement = update_statement(plain.table, plain.key_columns, columns)
         result = connection.exec_driver_sql(statement, params)
         if result.rowcount != len(members):
