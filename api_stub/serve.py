@@ -9,8 +9,9 @@ again when it builds the app (api_stub.app.app_factory). It also makes the direc
 the workers count their Prometheus metrics in (api_stub.multiprocess), before any of
 them imports prometheus_client.
 
-On Linux each worker listens on a socket of its own (`SO_REUSEPORT`), so that the
-kernel spreads new connections over the workers (`ReusePort`).
+On Linux the supervisor accepts every connection and hands each to the next worker
+in turn (api_stub.handoff), so that a client's keep-alive connections are split
+evenly between the workers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import argparse
 import logging
 import socket
 import sys
-from typing import Any, TypeVar
+from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -30,51 +31,18 @@ from worker.logs import configure
 from worker.settings import get_settings
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot bind (uvicorn.server)
-_Socket = TypeVar("_Socket", bound=socket.socket)
 logger = logging.getLogger("uvicorn.error")  # where uvicorn logs its own start
 
 
-class ReusePort(socket.socket):
-    """The supervisor's hold on the address; each worker gets a listening socket of its own.
-
-    uvicorn's supervisor binds one socket and hands it to every worker, all accepting
-    from one queue. Linux then wakes the most recently idle worker first, which accepts
-    every connection waiting: a client opening its keep-alive connections at once (a
-    proxy, a load generator) lands most of them, at times all 32, on one worker, whose
-    requests wait on one core while the other idles (measured in the bench's intake:
-    splits of 22/10, 24/8 and 32/0). With `SO_REUSEPORT`, each worker's socket has its
-    own queue and the kernel picks one by a hash of the connection's addresses.
-
-    This socket is bound, so that the port is taken and a bad address fails at once,
-    and never listens, so that no connection waits on it. uvicorn pickles its sockets
-    to each worker it starts, first or restarted; this one arrives as a new socket
-    bound to the same address (`_listener`), on which the worker's server listens.
-    """
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_listener, (self.family, self.getsockname()))
-
-
-def _listener(family: int, address: tuple[Any, ...]) -> socket.socket:
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name it
-    # (uvloop, the default loop here, sets it on every TCP connection anyway).
-    return _bound(socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP), address)
-
-
-def _bound(sock: _Socket, address: tuple[Any, ...]) -> _Socket:
-    """`sock` bound to `address` as a member of its SO_REUSEPORT group."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
-
-
-def hold(host: str, port: int) -> ReusePort:
-    """The supervisor's socket on host:port (port 0: a free port, the same for every worker)."""
+def hold(host: str, port: int) -> socket.socket:
+    """The supervisor's socket bound to host:port (port 0: a free port)."""
     family, _, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    return _bound(ReusePort(family, socket.SOCK_STREAM, proto), address)
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,23 +65,28 @@ def main(argv: list[str] | None = None) -> None:
         "log_config": None,  # worker.logs' handlers, not uvicorn's plain text
     }
     if args.workers == 1 or not sys.platform.startswith("linux"):
-        # Elsewhere SO_REUSEPORT does not spread connections (on macOS the last
-        # socket bound takes them all): uvicorn's one shared socket.
+        # Connections are handed over on Linux (a Unix socket's abstract name,
+        # SCM_RIGHTS); elsewhere uvicorn's one shared socket.
         uvicorn.run(args.factory, **options)
         return
-    config = uvicorn.Config(args.factory, **options)
+    from api_stub.handoff import LOOP, Acceptor
+
+    config = uvicorn.Config(args.factory, loop=LOOP, **options)
     try:
         sock = hold(args.host, args.port)
+        sock.listen(config.backlog)
     except OSError as exc:
         logger.error("cannot bind %s:%s: %s", args.host, args.port, exc)
         sys.exit(STARTUP_FAILURE)
     logger.info(
-        "Uvicorn running on http://%s:%d, %d workers with a socket each (SO_REUSEPORT)",
+        "Uvicorn running on http://%s:%d, %d workers, connections handed to each in turn",
         args.host,
         sock.getsockname()[1],
         args.workers,
     )
-    Multiprocess(config, sockets=[sock]).run()
+    acceptor = Acceptor(sock)
+    acceptor.start()
+    Multiprocess(config, sockets=[acceptor.registry]).run()
 
 
 if __name__ == "__main__":
