@@ -6,8 +6,9 @@ of them later: the p99 is that worker's. How connections were split:
 - uvicorn's one shared socket: the most recently idle worker took every connection
   waiting (22/10, 24/8, all 32 on one);
 - a socket per worker (`SO_REUSEPORT`): the kernel chose by a hash of each
-  connection's addresses, 16/16 at best, 9/23 at times (the intake's p99 went from
-  38 to 50 ms with it).
+  connection's addresses, 16/16 at times, 14/18 most often, 10/22 or 9/23 now and
+  then (measured on the bench's intake, the two codes taking turns: a p99
+  of 36 to 53 ms, mean 42.5, against 35 to 43 ms, mean 38.6, in turn).
 
 So the supervisor now takes every connection itself (`Acceptor`, a thread of its
 own) and passes each one's file descriptor (`SCM_RIGHTS`) to the next worker in
@@ -18,8 +19,9 @@ accept passes through the supervisor; requests and answers go straight between t
 client and the worker holding the connection.
 
 A worker that dies closes its channel: the supervisor stops handing it connections
-and hands them to the others, and its replacement enrols when it starts. With no
-worker enrolled, connections wait in the listening socket's backlog.
+and hands them to the others, and its replacement enrols when it starts. What was
+handed to it while it was dying is lost with it, as its own accept queue was. With
+no worker enrolled, connections wait in the listening socket's backlog.
 """
 
 from __future__ import annotations
@@ -39,10 +41,9 @@ import uvloop
 
 logger = logging.getLogger("uvicorn.error")
 
-# A connection's descriptor travels with one byte; a worker reads what has come in
-# one go, up to this many at a time.
+# Each connection's descriptor is one message of one byte (SOCK_SEQPACKET keeps them
+# apart); a worker reads the messages waiting until none is left.
 _MARK = b"c"
-_MAX_FDS = 64
 
 
 class Registry(socket.socket):
@@ -162,7 +163,7 @@ class HandedOver(asyncio.AbstractServer):
     def _receive(self) -> None:
         while self._serving:
             try:
-                data, fds, _, _ = socket.recv_fds(self._channel, len(_MARK), _MAX_FDS)
+                data, fds, _, _ = socket.recv_fds(self._channel, len(_MARK), 1)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -179,6 +180,7 @@ class HandedOver(asyncio.AbstractServer):
 
     async def _serve(self, connection: socket.socket) -> None:
         connection.setblocking(False)
+        # uvloop sets TCP_NODELAY on it, as on a connection it accepts itself.
         try:
             await self._loop.connect_accepted_socket(
                 self._protocol_factory, connection, ssl=self._ssl
