@@ -89,7 +89,12 @@ class Acceptor:
     def _run(self) -> None:
         while True:
             for key, _ in self._selector.select():
-                key.data(key.fileobj)
+                try:
+                    key.data(key.fileobj)
+                except Exception:
+                    # Logged and carried on: were this thread to end, the api would take
+                    # no more connections while its processes looked healthy.
+                    logger.exception("handing a connection over failed")
 
     def _enrol(self, _registry: Any) -> None:
         with contextlib.suppress(BlockingIOError):

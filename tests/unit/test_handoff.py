@@ -71,6 +71,39 @@ def test_the_acceptor_hands_connections_in_turn_and_none_to_a_worker_gone() -> N
         s.close()
 
 
+def test_the_acceptor_carries_on_after_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    acceptor = Acceptor(listener)
+    send = acceptor._send
+    failures: list[socket.socket] = []
+
+    def fail_once(connection: socket.socket) -> None:
+        if not failures:
+            failures.append(connection)
+            raise RuntimeError("a bug, say")
+        send(connection)
+
+    acceptor._send = fail_once  # type: ignore[method-assign]  # the failure under test
+    acceptor.start()
+    channel = pickle.loads(pickle.dumps(acceptor.registry))  # noqa: S301
+    wait_until(lambda: acceptor.workers, 5, "the worker to enrol")
+    first = socket.create_connection(listener.getsockname(), timeout=5)
+    wait_until(lambda: failures, 5, "the first connection to fail")
+    second = socket.create_connection(listener.getsockname(), timeout=5)
+    handed: list[socket.socket] = []
+
+    def second_handed() -> bool:
+        handed.extend(_received(channel))
+        return bool(handed)
+
+    wait_until(second_handed, 5, "the second connection to be handed over")
+    second.sendall(b"y")
+    assert [s.recv(1) for s in handed] == [b"y"]
+    assert "handing a connection over failed" in caplog.text
+    for s in [first, second, *handed, channel, listener]:
+        s.close()
+
+
 @contextlib.contextmanager
 def _api(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
     port = free_port()
