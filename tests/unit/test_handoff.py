@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from api_stub.handoff import Acceptor, Channel
+from bench.env import API_STARTED
+from worker.cli import _api_cmd
 from worker.procs import free_port, stop_group, wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="connections are handed over on Linux"
 )
-STARTED = b"Application startup complete"  # uvicorn's line, once per worker
 
 
 def _received(channel: Channel) -> list[socket.socket]:
@@ -108,10 +109,8 @@ def test_the_acceptor_carries_on_after_a_failure(caplog: pytest.LogCaptureFixtur
 def _api(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
     port = free_port()
     log = tmp_path / "api.log"
-    cmd = [
-        sys.executable, "-m", "api_stub.serve", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "2", "--factory", "tests.unit.pid_app:app_factory",
-    ]  # fmt: skip
+    # `reversals api --workers 2`'s own command, serving the pid app.
+    cmd = _api_cmd("127.0.0.1", port, 2, "tests.unit.pid_app:app_factory")
     env = {**os.environ, "STATE_DIR": str(tmp_path / "state"), "LOG_LEVEL": "INFO"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -143,7 +142,7 @@ def test_the_api_splits_connections_evenly_and_serves_on_when_a_worker_dies(
     tmp_path: Path,
 ) -> None:
     with _api(tmp_path) as (port, proc, log):
-        wait_until(lambda: log.read_bytes().count(STARTED) >= 2, 60, "two workers to start")
+        wait_until(lambda: log.read_bytes().count(API_STARTED) >= 2, 60, "two workers to start")
         served = _pids_of(port, 32)
         # By the kernel's hash of addresses, splits of 9/23 were seen; in turn, 16/16.
         assert sorted(served.values()) == [16, 16], served
@@ -158,7 +157,7 @@ def test_the_api_splits_connections_evenly_and_serves_on_when_a_worker_dies(
         wait_until(lambda: died in log.read_bytes(), 30, "the supervisor to see it die")
         for _ in range(8):
             assert set(_pids_of(port, 1)) <= {kept} | _new_pids(gone, kept, proc)
-        wait_until(lambda: log.read_bytes().count(STARTED) >= 3, 60, "the replacement to start")
+        wait_until(lambda: log.read_bytes().count(API_STARTED) >= 3, 60, "the replacement to start")
         served = _pids_of(port, 32)
         assert gone not in served and kept in served
         assert sorted(served.values()) == [16, 16], served
